@@ -1,0 +1,78 @@
+import { mkdir, writeFile, access } from 'node:fs/promises';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { ConflictError } from '../core/errors.ts';
+import { hashSecret, newSecret } from '../core/ids.ts';
+import { VERSION } from '../core/version.ts';
+import { buildApi } from './api/server.ts';
+import { initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
+import { GrantService, type Clock } from './grants/service.ts';
+import { SqliteStore } from './store/sqlite.ts';
+
+export const CONFIG_FILE = 'broker.yaml';
+export const DATABASE_FILE = 'broker.db';
+
+export type RunningBroker = { url: string; app: FastifyInstance; grants: GrantService; close(): Promise<void> };
+
+const systemClock: Clock = { now: () => Date.now() };
+
+/**
+ * Creates a broker directory: a documented broker.yaml, the data root, the SQLite store and the
+ * first admin's API token, which is returned once and kept only as its hash.
+ */
+export async function initBroker(dir: string, admin: string): Promise<{ token: string; config: string; subject: string }> {
+  const configFile = path.resolve(dir, CONFIG_FILE);
+  if (await access(configFile).then(() => true, () => false)) {
+    throw new ConflictError(`${configFile} already exists`, { code: 'already_initialised', hint: 'start it with `jit broker start --dir DIR`, or pick a new --dir' });
+  }
+  const subject = `user:${admin}`;
+  const yaml = initialConfigYaml(subject);
+  const config = parseBrokerConfig(yaml, configFile);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  for (const resource of Object.values(config.resources)) await mkdir(resource.root, { recursive: true });
+  const store = new SqliteStore(path.join(config.dir, DATABASE_FILE));
+  const token = newSecret('jit');
+  try {
+    await store.addPrincipal({ subject, tokenHash: hashSecret(token), createdAt: Date.now() });
+  } finally {
+    await store.close();
+  }
+  await writeFile(configFile, yaml, { mode: 0o600, flag: 'wx' });
+  return { token, config: configFile, subject };
+}
+
+/** Loads DIR/broker.yaml (refusing a broken one before anything listens) and serves it. */
+export async function startBroker(options: { dir: string; host: string; port: number; clock?: Clock }): Promise<RunningBroker> {
+  const config = await loadBrokerConfig(path.join(options.dir, CONFIG_FILE));
+  const store = new SqliteStore(path.join(config.dir, DATABASE_FILE));
+  let url = '';
+  const grants = new GrantService({ config, store, clock: options.clock ?? systemClock, publicUrl: () => config.publicUrl ?? url });
+  const app = buildApi({ config, grants, version: VERSION });
+  try {
+    await app.listen({ host: options.host, port: options.port });
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+  const sweeper = setInterval(() => {
+    grants.sweep().catch((error: Error) => process.stderr.write(`jit broker: expiry sweep failed: ${error.message}\n`));
+  }, config.sweepIntervalSeconds * 1000);
+  sweeper.unref();
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    app,
+    grants,
+    close: () => {
+      closing ??= (async () => {
+        clearInterval(sweeper);
+        await app.close();
+        await store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,166 @@
+import type { BrokerConfig } from '../config.ts';
+import type { BrokerStore, GrantRecord } from '../store/store.ts';
+import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
+import { AuthError, ConflictError, NotFoundError, UsageError } from '../../core/errors.ts';
+import { hashSecret, newId, newSecret } from '../../core/ids.ts';
+import { closestName, formatScope, parseScope, type Scope } from '../../core/scope.ts';
+import { evaluate } from '../policy/evaluate.ts';
+import { FILES_ACTIONS, filesEnv } from '../providers/files.ts';
+
+export type Clock = { now(): number };
+
+export type GrantRequest = { scopes: string[]; ttlSeconds?: number; reason?: string };
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/**
+ * The grant lifecycle on the broker: request (policy decides), heartbeat, revoke, expire. The
+ * store is the only source of truth, so any replica can serve any call.
+ */
+export class GrantService {
+  readonly #config: BrokerConfig;
+  readonly #store: BrokerStore;
+  readonly #clock: Clock;
+  readonly #publicUrl: () => string;
+
+  constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
+    this.#config = options.config;
+    this.#store = options.store;
+    this.#clock = options.clock;
+    this.#publicUrl = options.publicUrl;
+  }
+
+  async authenticate(token: string | undefined): Promise<string> {
+    const principal = token ? await this.#store.findPrincipalByTokenHash(hashSecret(token)) : undefined;
+    if (!principal) throw new AuthError(token ? 'the API token is not valid' : 'no API token was sent');
+    return principal.subject;
+  }
+
+  async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
+    const scopes = request.scopes.map((text) => this.#checkScope(parseScope(text)));
+    const decision = evaluate(this.#config.rules, subject, scopes, request.ttlSeconds);
+    const now = this.#clock.now();
+    const credential = newSecret('jitc');
+    const record: GrantRecord = {
+      id: newId('g'),
+      subject,
+      scopes: scopes.map(formatScope),
+      reason: request.reason ?? null,
+      state: 'active',
+      credentialHash: hashSecret(credential),
+      createdAt: now,
+      expiresAt: now + decision.ttlSeconds * 1000,
+      heartbeatDeadline: now + this.#config.heartbeatTimeoutSeconds * 1000,
+      endedAt: null,
+      endReason: null,
+      decision: JSON.stringify(decision.explanation),
+    };
+    await this.#store.insertGrant(record);
+    await this.#audit('grant.issued', record, { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision: decision.explanation });
+    return { ...this.view(record), credential, env: filesEnv(this.#publicUrl(), credential) };
+  }
+
+  async get(subject: string, id: string): Promise<GrantView> {
+    return this.view(await this.#owned(subject, id));
+  }
+
+  async list(subject: string): Promise<GrantView[]> {
+    return (await this.#store.listGrants({ subject })).map((grant) => this.view(grant));
+  }
+
+  async heartbeat(subject: string, id: string): Promise<GrantView> {
+    const grant = await this.#owned(subject, id);
+    const now = this.#clock.now();
+    const extended = await this.#store.extendHeartbeat(id, now + this.#config.heartbeatTimeoutSeconds * 1000, now);
+    if (!extended) {
+      await this.sweep();
+      const current = (await this.#store.getGrant(id)) ?? grant;
+      throw new ConflictError(`grant ${id} is ${current.state}${current.endReason ? ` (${current.endReason})` : ''}`, {
+        code: 'grant_ended',
+        hint: 'request a new grant',
+      });
+    }
+    return this.view(extended);
+  }
+
+  async revoke(subject: string, id: string): Promise<RevocationReceipt> {
+    await this.#owned(subject, id);
+    const now = this.#clock.now();
+    await this.sweep();
+    const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
+    if (!ended) {
+      const current = await this.#owned(subject, id);
+      return { id, state: current.state, revokedAt: current.endedAt === null ? null : iso(current.endedAt), alreadyEnded: true, actions: [] };
+    }
+    const actions = ['credential refused by the files endpoint'];
+    await this.#audit('grant.revoked', ended, { by: subject, actions });
+    return { id, state: ended.state, revokedAt: iso(now), alreadyEnded: false, actions };
+  }
+
+  /** Ends grants past expiry or heartbeat deadline; each one is an audit record. */
+  async sweep(): Promise<number> {
+    const expired = await this.#store.expireDue(this.#clock.now());
+    for (const grant of expired) await this.#audit('grant.expired', grant, { reason: grant.endReason });
+    return expired.length;
+  }
+
+  /** The grant behind a job's credential, if it is usable right now; the data plane's one check. */
+  async usableGrant(credential: string | undefined): Promise<{ grant: GrantRecord; scopes: Scope[] }> {
+    const grant = credential ? await this.#store.findGrantByCredentialHash(hashSecret(credential)) : undefined;
+    if (!grant) throw new AuthError('the grant credential is not valid', { hint: 'run the job under `jit run` to get a credential' });
+    const now = this.#clock.now();
+    if (grant.state !== 'active' || now >= grant.expiresAt || now >= grant.heartbeatDeadline) {
+      throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
+    }
+    return { grant, scopes: grant.scopes.map(parseScope) };
+  }
+
+  async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
+    await this.#audit('data.read', grant, detail);
+  }
+
+  view(grant: GrantRecord): GrantView {
+    return {
+      id: grant.id,
+      subject: grant.subject,
+      scopes: grant.scopes,
+      reason: grant.reason,
+      state: grant.state,
+      createdAt: iso(grant.createdAt),
+      expiresAt: iso(grant.expiresAt),
+      heartbeatDeadline: iso(grant.heartbeatDeadline),
+      heartbeatIntervalSeconds: Math.max(1, Math.floor(this.#config.heartbeatTimeoutSeconds / 3)),
+      endedAt: grant.endedAt === null ? null : iso(grant.endedAt),
+      endReason: grant.endReason,
+    };
+  }
+
+  #checkScope(scope: Scope): Scope {
+    const resource = this.#config.resources[scope.resource];
+    if (!resource) {
+      const known = Object.keys(this.#config.resources);
+      const nearest = closestName(scope.resource, known);
+      throw new UsageError(`unknown resource "${scope.resource}"`, {
+        code: 'unknown_resource',
+        hint: nearest ? `did you mean "${nearest}"?` : `this broker serves: ${known.join(', ') || 'nothing yet'}`,
+      });
+    }
+    if (!(FILES_ACTIONS as readonly string[]).includes(scope.action)) {
+      throw new UsageError(`action "${scope.action}" does not apply to ${resource.kind} resource "${scope.resource}"`, {
+        code: 'unknown_action',
+        hint: `use one of: ${FILES_ACTIONS.join(', ')}`,
+      });
+    }
+    return scope;
+  }
+
+  async #owned(subject: string, id: string): Promise<GrantRecord> {
+    const grant = await this.#store.getGrant(id);
+    if (!grant || grant.subject !== subject) throw new NotFoundError(`no grant ${id}`, { hint: 'list your grants with `jit grants`' });
+    return grant;
+  }
+
+  async #audit(type: string, grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
+    await this.#store.appendEvent({ at: this.#clock.now(), type, subject: grant.subject, grantId: grant.id, detail });
+  }
+}

@@ -1,0 +1,178 @@
+import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import type { GrantState } from '../../core/grant.ts';
+import type { AuditEvent, BrokerStore, GrantRecord, PrincipalRecord } from './store.ts';
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS principals (
+    subject TEXT NOT NULL,
+    token_hash TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    reason TEXT,
+    state TEXT NOT NULL,
+    credential_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    heartbeat_deadline INTEGER NOT NULL,
+    ended_at INTEGER,
+    end_reason TEXT,
+    decision TEXT NOT NULL
+  );
+  CREATE INDEX IF NOT EXISTS grants_active ON grants (state, expires_at, heartbeat_deadline);
+  CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    subject TEXT,
+    grant_id TEXT,
+    detail TEXT NOT NULL
+  );
+  CREATE INDEX IF NOT EXISTS events_grant ON events (grant_id);
+`;
+
+type Row = Record<string, SQLInputValue>;
+
+function toGrant(row: Row): GrantRecord {
+  return {
+    id: String(row.id),
+    subject: String(row.subject),
+    scopes: JSON.parse(String(row.scopes)) as string[],
+    reason: row.reason === null ? null : String(row.reason),
+    state: String(row.state) as GrantState,
+    credentialHash: String(row.credential_hash),
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    heartbeatDeadline: Number(row.heartbeat_deadline),
+    endedAt: row.ended_at === null ? null : Number(row.ended_at),
+    endReason: row.end_reason === null ? null : String(row.end_reason),
+    decision: String(row.decision),
+  };
+}
+
+/** The embedded store: one SQLite file in WAL mode, through node:sqlite. */
+export class SqliteStore implements BrokerStore {
+  readonly #db: DatabaseSync;
+
+  constructor(file: string) {
+    this.#db = new DatabaseSync(file);
+    this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
+    this.#db.exec(SCHEMA);
+  }
+
+  async addPrincipal(principal: PrincipalRecord): Promise<void> {
+    this.#db
+      .prepare('INSERT INTO principals (subject, token_hash, created_at) VALUES (?, ?, ?)')
+      .run(principal.subject, principal.tokenHash, principal.createdAt);
+  }
+
+  async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
+    const row = this.#db.prepare('SELECT * FROM principals WHERE token_hash = ?').get(tokenHash);
+    return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
+  }
+
+  async insertGrant(grant: GrantRecord): Promise<void> {
+    this.#db
+      .prepare(
+        `INSERT INTO grants (id, subject, scopes, reason, state, credential_hash, created_at, expires_at, heartbeat_deadline, ended_at, end_reason, decision)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        grant.id,
+        grant.subject,
+        JSON.stringify(grant.scopes),
+        grant.reason,
+        grant.state,
+        grant.credentialHash,
+        grant.createdAt,
+        grant.expiresAt,
+        grant.heartbeatDeadline,
+        grant.endedAt,
+        grant.endReason,
+        grant.decision,
+      );
+  }
+
+  async getGrant(id: string): Promise<GrantRecord | undefined> {
+    const row = this.#db.prepare('SELECT * FROM grants WHERE id = ?').get(id);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async findGrantByCredentialHash(credentialHash: string): Promise<GrantRecord | undefined> {
+    const row = this.#db.prepare('SELECT * FROM grants WHERE credential_hash = ?').get(credentialHash);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async listGrants(filter: { subject?: string; states?: readonly GrantState[] }): Promise<GrantRecord[]> {
+    const clauses: string[] = [];
+    const params: SQLInputValue[] = [];
+    if (filter.subject !== undefined) {
+      clauses.push('subject = ?');
+      params.push(filter.subject);
+    }
+    if (filter.states && filter.states.length > 0) {
+      clauses.push(`state IN (${filter.states.map(() => '?').join(', ')})`);
+      params.push(...filter.states);
+    }
+    const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
+    return this.#db
+      .prepare(`SELECT * FROM grants ${where} ORDER BY created_at DESC`)
+      .all(...params)
+      .map(toGrant);
+  }
+
+  async extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined> {
+    const row = this.#db
+      .prepare(
+        `UPDATE grants SET heartbeat_deadline = ?
+         WHERE id = ? AND state = 'active' AND expires_at > ? AND heartbeat_deadline > ? RETURNING *`,
+      )
+      .get(deadline, id, now, now);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined> {
+    const row = this.#db
+      .prepare(`UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = 'active' RETURNING *`)
+      .get(state, reason, at, id);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async expireDue(now: number): Promise<GrantRecord[]> {
+    return this.#db
+      .prepare(
+        `UPDATE grants SET state = 'expired', ended_at = ?,
+           end_reason = CASE WHEN expires_at <= ? THEN 'ttl' ELSE 'heartbeat' END
+         WHERE state = 'active' AND (expires_at <= ? OR heartbeat_deadline <= ?) RETURNING *`,
+      )
+      .all(now, now, now, now)
+      .map(toGrant);
+  }
+
+  async appendEvent(event: AuditEvent): Promise<void> {
+    this.#db
+      .prepare('INSERT INTO events (at, type, subject, grant_id, detail) VALUES (?, ?, ?, ?, ?)')
+      .run(event.at, event.type, event.subject, event.grantId, JSON.stringify(event.detail));
+  }
+
+  async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
+    const rows =
+      filter.grantId === undefined
+        ? this.#db.prepare('SELECT * FROM events ORDER BY seq').all()
+        : this.#db.prepare('SELECT * FROM events WHERE grant_id = ? ORDER BY seq').all(filter.grantId);
+    return rows.map((row) => ({
+      at: Number(row.at),
+      type: String(row.type),
+      subject: row.subject === null ? null : String(row.subject),
+      grantId: row.grant_id === null ? null : String(row.grant_id),
+      detail: JSON.parse(String(row.detail)) as Record<string, unknown>,
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.isOpen) this.#db.close();
+  }
+}

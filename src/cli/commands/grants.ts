@@ -1,0 +1,24 @@
+import { processAlive } from '../../client/release.ts';
+import type { CommandDefinition } from '../command.ts';
+
+export const grants: CommandDefinition = {
+  path: 'grants',
+  summary: 'list the grants this machine holds (from the local index; no secrets, works offline)',
+  async handler(_input, ctx) {
+    const rows = ctx.config.grants().map((grant) => ({
+      ...grant,
+      wrapperAlive: processAlive(grant.pid),
+    }));
+    if (rows.length === 0) return { data: { grants: [] }, human: 'No live grants on this machine.' };
+    const table = [
+      ['ID', 'STATE', 'SCOPES', 'EXPIRES', 'PID', 'COMMAND'],
+      ...rows.map((grant) => [grant.id, grant.state, grant.scopes.join(','), grant.expiresAt, String(grant.pid), grant.command]),
+    ];
+    return { data: { grants: rows }, human: renderTable(table) };
+  },
+};
+
+export function renderTable(rows: string[][]): string {
+  const widths = rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length))) ?? [];
+  return rows.map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] ?? 0))).join('  ')).join('\n');
+}

@@ -1,0 +1,29 @@
+import { releaseGrant } from '../../client/release.ts';
+import { UsageError } from '../../core/errors.ts';
+import type { RevocationReceipt } from '../../core/grant.ts';
+import type { CommandDefinition } from '../command.ts';
+
+export const revoke: CommandDefinition = {
+  path: 'revoke',
+  summary: 'revoke a grant now (or --all grants this machine holds)',
+  define: (command) => command.argument('[id]', 'the grant id, e.g. g_0123456789abcdef0123').option('--all', "revoke every grant in this machine's index"),
+  async handler({ args, options }, ctx) {
+    const [id] = args;
+    if (Boolean(options.all) === Boolean(id)) throw new UsageError('name one grant id or pass --all', { hint: 'see `jit grants` for ids' });
+    const secrets = await ctx.secrets();
+    const receipts: RevocationReceipt[] = [];
+    const targets = id ? [id] : ctx.config.grants().map((grant) => grant.id);
+    for (const target of targets) {
+      const local = ctx.config.grant(target);
+      const client = local ? await ctx.clientFor(local.brokerUrl, local.profile) : (await ctx.session()).client;
+      receipts.push(await releaseGrant(target, { client, config: ctx.config, secrets }));
+    }
+    const human = receipts.length === 0 ? 'No grants to revoke.' : receipts.map(describeReceipt).join('\n');
+    return { data: id ? receipts[0] : { revoked: receipts }, human };
+  },
+};
+
+function describeReceipt(receipt: RevocationReceipt): string {
+  if (receipt.alreadyEnded) return `${receipt.id}: already ${receipt.state}`;
+  return `${receipt.id}: revoked at ${receipt.revokedAt}${receipt.actions.length ? ` (${receipt.actions.join('; ')})` : ''}`;
+}

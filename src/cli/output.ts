@@ -1,0 +1,70 @@
+import { Chalk, type ChalkInstance } from 'chalk';
+import ora from 'ora';
+import type { JitError } from '../core/errors.ts';
+
+export type Spinner = { succeed(text: string): void; fail(text: string): void; stop(): void };
+
+const silentSpinner: Spinner = { succeed() {}, fail() {}, stop() {} };
+
+/**
+ * Everything jit itself prints goes through here: results on stdout (human text or one JSON
+ * document with --json), progress, warnings and errors on stderr. `--json` means no colour, no
+ * spinner, no prompt.
+ */
+export class Output {
+  readonly json: boolean;
+  readonly verbose: boolean;
+  readonly color: ChalkInstance;
+  readonly #stdout: NodeJS.WritableStream;
+  readonly #stderr: NodeJS.WritableStream & { isTTY?: boolean };
+
+  constructor(options: { json: boolean; verbose: boolean; stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream & { isTTY?: boolean } }) {
+    this.json = options.json;
+    this.verbose = options.verbose;
+    this.#stdout = options.stdout ?? process.stdout;
+    this.#stderr = options.stderr ?? process.stderr;
+    const colorful = !this.json && Boolean(this.#stderr.isTTY) && !process.env.NO_COLOR;
+    this.color = new Chalk({ level: colorful ? 1 : 0 });
+  }
+
+  /** The command's result: JSON when asked for, else the human rendering. */
+  result(data: unknown, human: string | undefined): void {
+    if (this.json) this.#stdout.write(`${JSON.stringify(data, null, 2)}\n`);
+    else if (human !== undefined && human !== '') this.#stdout.write(human.endsWith('\n') ? human : `${human}\n`);
+  }
+
+  /** Progress worth seeing only with -v. */
+  info(message: string): void {
+    if (this.verbose) this.#stderr.write(`${this.color.dim('jit:')} ${message}\n`);
+  }
+
+  /** Something the user must know even without -v, in one line. */
+  warn(message: string): void {
+    this.#stderr.write(`${this.color.yellow('jit: warning:')} ${message}\n`);
+  }
+
+  error(error: JitError): void {
+    if (this.json) {
+      this.#stdout.write(`${JSON.stringify({ error: { ...error.toJSON(), exitCode: error.exitCode } }, null, 2)}\n`);
+      return;
+    }
+    const hint = error.hint ? `; ${error.hint}` : '';
+    this.#stderr.write(`${this.color.red('jit: error:')} ${error.message}${hint}\n`);
+  }
+
+  unexpected(error: unknown): void {
+    const detail = error instanceof Error ? (this.verbose ? (error.stack ?? error.message) : error.message) : String(error);
+    this.#stderr.write(`${this.color.red('jit: unexpected error:')} ${detail}; this is a bug in jit, please report it${this.verbose ? '' : ' (run with -v for details)'}\n`);
+  }
+
+  /** A spinner on stderr when it is a terminal and the output is for a person; silent otherwise. */
+  spinner(text: string): Spinner {
+    if (this.json || !this.#stderr.isTTY) return silentSpinner;
+    const spinner = ora({ text, stream: this.#stderr, discardStdin: false }).start();
+    return {
+      succeed: (message) => (this.verbose ? spinner.succeed(message) : spinner.stop()),
+      fail: (message) => spinner.fail(message),
+      stop: () => spinner.stop(),
+    };
+  }
+}

@@ -1,0 +1,90 @@
+import got, { HTTPError, RequestError, type Got } from 'got';
+import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
+import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
+
+export type ClientOptions = {
+  brokerUrl: string;
+  token?: string;
+  /** Per-attempt timeout; the CLI shortens it for best-effort work such as reaping. */
+  timeoutMs?: number;
+  retries?: number;
+};
+
+/**
+ * The broker's /v1 API over got. Idempotent calls retry on network failure and 5xx; every
+ * failure becomes a typed JitError here, in one place, so commands never see a raw HTTP error.
+ */
+export class BrokerClient {
+  readonly brokerUrl: string;
+  readonly #http: Got;
+  readonly #hasToken: boolean;
+
+  constructor(options: ClientOptions) {
+    this.brokerUrl = options.brokerUrl.replace(/\/+$/, '');
+    this.#hasToken = Boolean(options.token);
+    this.#http = got.extend({
+      prefixUrl: `${this.brokerUrl}/v1`,
+      headers: { 'user-agent': 'jit-cli', ...(options.token ? { authorization: `Bearer ${options.token}` } : {}) },
+      timeout: { request: options.timeoutMs ?? 10_000 },
+      retry: { limit: options.retries ?? 2, methods: ['GET', 'DELETE', 'POST'], statusCodes: [502, 503, 504], backoffLimit: 2_000 },
+      responseType: 'json',
+    });
+  }
+
+  health(): Promise<{ status: string; version: string }> {
+    return this.#call(() => this.#http.get('health').json());
+  }
+
+  whoami(): Promise<{ subject: string }> {
+    return this.#authed(() => this.#http.get('whoami').json());
+  }
+
+  /** Not retried on its own: a lost response would otherwise issue two grants. */
+  requestGrant(body: { scopes: string[]; ttlSeconds?: number; reason?: string }): Promise<IssuedGrant> {
+    return this.#authed(() => this.#http.post('grants', { json: body, retry: { limit: 0 } }).json());
+  }
+
+  getGrant(id: string): Promise<GrantView> {
+    return this.#authed(() => this.#http.get(`grants/${encodeURIComponent(id)}`).json());
+  }
+
+  listGrants(): Promise<{ grants: GrantView[] }> {
+    return this.#authed(() => this.#http.get('grants').json());
+  }
+
+  heartbeat(id: string): Promise<GrantView> {
+    return this.#authed(() => this.#http.post(`grants/${encodeURIComponent(id)}/heartbeat`, { retry: { limit: 0 } }).json());
+  }
+
+  revokeGrant(id: string): Promise<RevocationReceipt> {
+    return this.#authed(() => this.#http.delete(`grants/${encodeURIComponent(id)}`).json());
+  }
+
+  #authed<T>(call: () => Promise<T>): Promise<T> {
+    if (!this.#hasToken) return Promise.reject(new AuthError(`not logged in to ${this.brokerUrl}`));
+    return this.#call(call);
+  }
+
+  async #call<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      throw this.#translate(error);
+    }
+  }
+
+  #translate(error: unknown): JitError {
+    if (error instanceof HTTPError) {
+      const body = error.response.body as { error?: { code?: string; message?: string; hint?: string } } | undefined;
+      return errorFromHttp(error.response.statusCode, body?.error);
+    }
+    if (error instanceof RequestError) {
+      const reason = error.code === 'ECONNREFUSED' ? 'connection refused' : error.code === 'ETIMEDOUT' ? 'timed out' : (error.code ?? error.message);
+      return new BrokerUnreachableError(`cannot reach the broker at ${this.brokerUrl} (${reason})`, {
+        hint: 'check that it is running and that the URL (jit login --broker, JIT_BROKER_URL) is right',
+        cause: error,
+      });
+    }
+    return error instanceof JitError ? error : new JitError(String(error), 1, 500, 'unexpected');
+  }
+}

@@ -1,0 +1,42 @@
+import type { BrokerClient } from './broker-client.ts';
+import type { LocalConfig } from '../config/local.ts';
+import type { RevocationReceipt } from '../core/grant.ts';
+import { NotFoundError } from '../core/errors.ts';
+import { accounts, type SecretStore } from '../secrets/store.ts';
+
+/**
+ * Revokes a grant on the broker and forgets it locally: keychain entry and index entry. The one
+ * cleanup used by `jit run` on every way out, by `jit revoke`, and by the leftover reaper.
+ * Idempotent: a grant the broker has already ended, or no longer knows, counts as released.
+ * Throws (leaving the index entry) only when the broker could not be asked.
+ */
+export async function releaseGrant(
+  id: string,
+  deps: { client: BrokerClient; config: LocalConfig; secrets: SecretStore | undefined },
+): Promise<RevocationReceipt> {
+  let receipt: RevocationReceipt;
+  try {
+    receipt = await deps.client.revokeGrant(id);
+  } catch (error) {
+    if (!(error instanceof NotFoundError)) throw error;
+    receipt = { id, state: 'revoked', revokedAt: null, alreadyEnded: true, actions: [] };
+  }
+  await forgetGrant(id, deps);
+  return receipt;
+}
+
+/** Removes what this machine holds for a grant; safe to call twice. */
+export async function forgetGrant(id: string, deps: { config: LocalConfig; secrets: SecretStore | undefined }): Promise<void> {
+  await deps.secrets?.delete(accounts.grant(id)).catch(() => false);
+  deps.config.removeGrant(id);
+}
+
+/** True while a process with this pid exists (EPERM means it exists but is not ours). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
