@@ -1,4 +1,4 @@
-import { mkdir, writeFile, access } from 'node:fs/promises';
+import { access, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ConflictError } from '../core/errors.ts';
@@ -6,7 +6,7 @@ import { hashSecret, newSecret } from '../core/ids.ts';
 import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
 import { initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
-import { GrantService, type Clock } from './grants/service.ts';
+import { type Clock, GrantService } from './grants/service.ts';
 import { SqliteStore } from './store/sqlite.ts';
 
 export const CONFIG_FILE = 'broker.yaml';
@@ -22,8 +22,16 @@ const systemClock: Clock = { now: () => Date.now() };
  */
 export async function initBroker(dir: string, admin: string): Promise<{ token: string; config: string; subject: string }> {
   const configFile = path.resolve(dir, CONFIG_FILE);
-  if (await access(configFile).then(() => true, () => false)) {
-    throw new ConflictError(`${configFile} already exists`, { code: 'already_initialised', hint: 'start it with `jit broker start --dir DIR`, or pick a new --dir' });
+  if (
+    await access(configFile).then(
+      () => true,
+      () => false,
+    )
+  ) {
+    throw new ConflictError(`${configFile} already exists`, {
+      code: 'already_initialised',
+      hint: 'start it with `jit broker start --dir DIR`, or pick a new --dir',
+    });
   }
   const subject = `user:${admin}`;
   const yaml = initialConfigYaml(subject);

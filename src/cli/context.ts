@@ -1,7 +1,7 @@
 import { BrokerClient } from '../client/broker-client.ts';
 import { LocalConfig } from '../config/local.ts';
 import { AuthError } from '../core/errors.ts';
-import { accounts, openSecretStore, type KeychainMode, type SecretStore } from '../secrets/store.ts';
+import { accounts, type KeychainMode, openSecretStore, type SecretStore } from '../secrets/store.ts';
 import type { Output } from './output.ts';
 
 export type GlobalOptions = { json: boolean; verbose: boolean; profile: string; keychain: KeychainMode };

@@ -1,24 +1,29 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, JitError, UsageError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
-import { KEYCHAIN_MODES, parseKeychainMode, type KeychainMode } from '../secrets/store.ts';
+import { reapLeftovers } from '../runner/reap.ts';
+import { KEYCHAIN_MODES, type KeychainMode, parseKeychainMode } from '../secrets/store.ts';
 import type { CommandDefinition, CommandResult } from './command.ts';
 import { COMMANDS } from './commands/index.ts';
-import { createContext, type Context, type GlobalOptions } from './context.ts';
+import { type Context, createContext, type GlobalOptions } from './context.ts';
 import { Output } from './output.ts';
-import { reapLeftovers } from '../runner/reap.ts';
 
 /** Parses argv, runs one command, prints its result or error, and returns the exit status. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   let result: CommandResult = {};
   let ran: { definition: CommandDefinition; ctx: Context } | undefined;
   const program = buildProgram(COMMANDS, async (definition, command) => {
-    const ctx = createContext(globalOptions(command.opts(), env), new Output({ json: Boolean(command.opts().json), verbose: Boolean(command.opts().verbose) }), env);
+    const ctx = createContext(
+      globalOptions(command.opts(), env),
+      new Output({ json: Boolean(command.opts().json), verbose: Boolean(command.opts().verbose) }),
+      env,
+    );
     ran = { definition, ctx };
     if (!definition.path.startsWith('broker')) await reapLeftovers(ctx);
     result = await definition.handler({ args: command.args, options: command.opts() }, ctx);
   });
-  const fallbackOut = () => ran?.ctx.out ?? new Output({ json: argv.includes('--json'), verbose: argv.includes('-v') || argv.includes('--verbose') });
+  const fallbackOut = () =>
+    ran?.ctx.out ?? new Output({ json: argv.includes('--json'), verbose: argv.includes('-v') || argv.includes('--verbose') });
 
   try {
     await program.parseAsync(argv, { from: 'user' });
@@ -27,7 +32,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       if (['commander.helpDisplayed', 'commander.help', 'commander.version'].includes(error.code)) return ExitCode.ok;
       const command = error.code === 'commander.executeSubCommandAsync' ? '' : commandPathIn(argv);
       fallbackOut().error(
-        new UsageError(error.message.replace(/^error: /, ''), { code: 'usage', hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage` }),
+        new UsageError(error.message.replace(/^error: /, ''), {
+          code: 'usage',
+          hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage`,
+        }),
       );
       return ExitCode.usage;
     }
@@ -42,7 +50,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   return result.exitCode ?? ExitCode.ok;
 }
 
-function buildProgram(definitions: readonly CommandDefinition[], run: (definition: CommandDefinition, command: Command) => Promise<void>): Command {
+function buildProgram(
+  definitions: readonly CommandDefinition[],
+  run: (definition: CommandDefinition, command: Command) => Promise<void>,
+): Command {
   const program = new Command('jit')
     .description('Just-in-time, scoped, self-revoking access to sensitive data for AI workloads.')
     .version(VERSION, '--version')
@@ -57,14 +68,22 @@ function buildProgram(definitions: readonly CommandDefinition[], run: (definitio
     for (const word of words.slice(0, -1)) {
       let group = groups.get(word);
       if (!group) {
-        group = parent.command(word).description(`${word} commands`).exitOverride().configureOutput({ writeErr: () => {}, outputError: () => {} });
+        group = parent
+          .command(word)
+          .description(`${word} commands`)
+          .exitOverride()
+          .configureOutput({ writeErr: () => {}, outputError: () => {} });
         groups.set(word, group);
       }
       parent = group;
     }
     const name = words.at(-1) ?? definition.path;
     if (parent.commands.some((existing) => existing.name() === name)) throw new Error(`duplicate command: ${definition.path}`);
-    const command = parent.command(name).description(definition.summary).exitOverride().configureOutput({ writeErr: () => {}, outputError: () => {} });
+    const command = parent
+      .command(name)
+      .description(definition.summary)
+      .exitOverride()
+      .configureOutput({ writeErr: () => {}, outputError: () => {} });
     definition.define?.(command);
     addGlobalOptions(command);
     command.action(async () => run(definition, command));
@@ -77,7 +96,9 @@ function addGlobalOptions(command: Command): void {
     .option('--json', 'print the result as one JSON document on stdout')
     .option('-v, --verbose', 'say more on stderr')
     .option('--profile <name>', 'the local profile to use (env JIT_PROFILE)')
-    .addOption(new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)').choices(KEYCHAIN_MODES));
+    .addOption(
+      new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)').choices(KEYCHAIN_MODES),
+    );
 }
 
 function globalOptions(options: Record<string, unknown>, env: NodeJS.ProcessEnv): GlobalOptions {

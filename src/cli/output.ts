@@ -18,7 +18,12 @@ export class Output {
   readonly #stdout: NodeJS.WritableStream;
   readonly #stderr: NodeJS.WritableStream & { isTTY?: boolean };
 
-  constructor(options: { json: boolean; verbose: boolean; stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream & { isTTY?: boolean } }) {
+  constructor(options: {
+    json: boolean;
+    verbose: boolean;
+    stdout?: NodeJS.WritableStream;
+    stderr?: NodeJS.WritableStream & { isTTY?: boolean };
+  }) {
     this.json = options.json;
     this.verbose = options.verbose;
     this.#stdout = options.stdout ?? process.stdout;
@@ -54,7 +59,9 @@ export class Output {
 
   unexpected(error: unknown): void {
     const detail = error instanceof Error ? (this.verbose ? (error.stack ?? error.message) : error.message) : String(error);
-    this.#stderr.write(`${this.color.red('jit: unexpected error:')} ${detail}; this is a bug in jit, please report it${this.verbose ? '' : ' (run with -v for details)'}\n`);
+    this.#stderr.write(
+      `${this.color.red('jit: unexpected error:')} ${detail}; this is a bug in jit, please report it${this.verbose ? '' : ' (run with -v for details)'}\n`,
+    );
   }
 
   /** A spinner on stderr when it is a terminal and the output is for a person; silent otherwise. */

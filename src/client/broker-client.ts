@@ -1,6 +1,6 @@
-import got, { HTTPError, RequestError, type Got } from 'got';
-import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
+import got, { type Got, HTTPError, RequestError } from 'got';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
+import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
 
 export type ClientOptions = {
   brokerUrl: string;
@@ -79,7 +79,8 @@ export class BrokerClient {
       return errorFromHttp(error.response.statusCode, body?.error);
     }
     if (error instanceof RequestError) {
-      const reason = error.code === 'ECONNREFUSED' ? 'connection refused' : error.code === 'ETIMEDOUT' ? 'timed out' : (error.code ?? error.message);
+      const reason =
+        error.code === 'ECONNREFUSED' ? 'connection refused' : error.code === 'ETIMEDOUT' ? 'timed out' : (error.code ?? error.message);
       return new BrokerUnreachableError(`cannot reach the broker at ${this.brokerUrl} (${reason})`, {
         hint: 'check that it is running and that the URL (jit login --broker, JIT_BROKER_URL) is right',
         cause: error,

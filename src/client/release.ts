@@ -1,8 +1,8 @@
-import type { BrokerClient } from './broker-client.ts';
 import type { LocalConfig } from '../config/local.ts';
-import type { RevocationReceipt } from '../core/grant.ts';
 import { NotFoundError } from '../core/errors.ts';
+import type { RevocationReceipt } from '../core/grant.ts';
 import { accounts, type SecretStore } from '../secrets/store.ts';
+import type { BrokerClient } from './broker-client.ts';
 
 /**
  * Revokes a grant on the broker and forgets it locally: keychain entry and index entry. The one

@@ -11,7 +11,9 @@ export function parseDuration(text: string, what = 'duration'): number {
   const trimmed = text.trim().toLowerCase();
   const match = DURATION.exec(trimmed);
   if (trimmed === '' || !match) {
-    const hint = /^\d+$/.test(trimmed) ? `add a unit, e.g. ${trimmed}m or ${trimmed}s` : 'use a number with a unit: 90s, 30m, 2h, 1h30m, 1d';
+    const hint = /^\d+$/.test(trimmed)
+      ? `add a unit, e.g. ${trimmed}m or ${trimmed}s`
+      : 'use a number with a unit: 90s, 30m, 2h, 1h30m, 1d';
     throw new UsageError(`invalid ${what} "${text}"`, { hint, code: 'invalid_duration' });
   }
   const [, days, hours, minutes, seconds] = match;

@@ -98,6 +98,12 @@ export function errorFromHttp(status: number, body: { code?: string; message?: s
     case 409:
       return new ConflictError(message, options);
     default:
-      return new JitError(message, status >= 500 ? ExitCode.brokerUnreachable : ExitCode.unexpected, status, body?.code ?? 'broker_error', options);
+      return new JitError(
+        message,
+        status >= 500 ? ExitCode.brokerUnreachable : ExitCode.unexpected,
+        status,
+        body?.code ?? 'broker_error',
+        options,
+      );
   }
 }

@@ -1,10 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import type { Context } from '../cli/context.ts';
-import { releaseGrant, forgetGrant } from '../client/release.ts';
 import type { BrokerClient } from '../client/broker-client.ts';
+import { forgetGrant, releaseGrant } from '../client/release.ts';
 import { ConflictError, ExitCode, JitError, UsageError } from '../core/errors.ts';
 import type { IssuedGrant } from '../core/grant.ts';
-import { parseScope, formatScope } from '../core/scope.ts';
+import { formatScope, parseScope } from '../core/scope.ts';
 import { accounts, type SecretStore } from '../secrets/store.ts';
 import { exitCodeForSignal, inForegroundOfTerminal, RELAYED_SIGNALS, shouldRelay } from './signals.ts';
 
@@ -87,10 +87,18 @@ function exitStatus(ctx: Context, program: string, outcome: ChildOutcome): numbe
   if ('spawnError' in outcome) {
     const { code } = outcome.spawnError;
     if (code === 'ENOENT') {
-      ctx.out.error(new JitError(`command not found: ${program}`, ExitCode.commandNotFound, 500, 'command_not_found', { hint: 'check the name and your PATH' }));
+      ctx.out.error(
+        new JitError(`command not found: ${program}`, ExitCode.commandNotFound, 500, 'command_not_found', {
+          hint: 'check the name and your PATH',
+        }),
+      );
       return ExitCode.commandNotFound;
     }
-    ctx.out.error(new JitError(`cannot run ${program} (${code ?? outcome.spawnError.message})`, ExitCode.cannotRun, 500, 'cannot_run', { hint: 'check that it is an executable file' }));
+    ctx.out.error(
+      new JitError(`cannot run ${program} (${code ?? outcome.spawnError.message})`, ExitCode.cannotRun, 500, 'cannot_run', {
+        hint: 'check that it is an executable file',
+      }),
+    );
     return ExitCode.cannotRun;
   }
   if (outcome.signal) return exitCodeForSignal(outcome.signal);
@@ -113,7 +121,9 @@ async function finish(ctx: Context, deps: { client: BrokerClient; secrets: Secre
         if (local) ctx.config.putGrant({ ...local, state: 'revoke-pending' });
         else await forgetGrant(grantId, { config: ctx.config, secrets: deps.secrets });
         const reason = error instanceof Error ? error.message : String(error);
-        ctx.out.warn(`could not revoke grant ${grantId} (${reason}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`);
+        ctx.out.warn(
+          `could not revoke grant ${grantId} (${reason}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,
+        );
         return;
       }
       ctx.out.info(`revoking ${grantId} failed, retrying in ${pause} ms`);
@@ -145,7 +155,13 @@ function startHeartbeat(ctx: Context, client: BrokerClient, grant: IssuedGrant):
   return { stop: () => clearInterval(timer) };
 }
 
-function runChild(program: string, args: string[], env: NodeJS.ProcessEnv, signals: SignalRelay, killAfterMs: number): Promise<ChildOutcome> {
+function runChild(
+  program: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  signals: SignalRelay,
+  killAfterMs: number,
+): Promise<ChildOutcome> {
   return new Promise((resolve) => {
     const child = spawn(program, args, { stdio: 'inherit', env });
     child.once('error', (error: NodeJS.ErrnoException) => {
@@ -208,4 +224,3 @@ function describeCommand(command: string[]): string {
   const text = command.join(' ');
   return text.length > 120 ? `${text.slice(0, 117)}...` : text;
 }
-

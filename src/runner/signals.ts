@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 
 /** Signals jit relays to its child (SIGBREAK exists only on Windows). */
-export const RELAYED_SIGNALS: NodeJS.Signals[] = process.platform === 'win32' ? ['SIGINT', 'SIGTERM', 'SIGBREAK'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
+export const RELAYED_SIGNALS: NodeJS.Signals[] =
+  process.platform === 'win32' ? ['SIGINT', 'SIGTERM', 'SIGBREAK'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /** Signals a terminal sends to the whole foreground process group by itself (Ctrl-C, Ctrl-\, hang-up). */
 const GROUP_SIGNALS = new Set<NodeJS.Signals>(['SIGINT', 'SIGQUIT', 'SIGHUP']);

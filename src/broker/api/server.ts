@@ -41,16 +41,22 @@ export function buildApi(options: { config: BrokerConfig; grants: GrantService; 
   app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) => {
     if (error instanceof JitError) return reply.status(error.httpStatus).send({ error: error.toJSON() });
     if (error.validation) {
-      return reply.status(400).send({ error: { code: 'invalid_request', message: error.message, hint: 'see docs/api.md for the request format' } });
+      return reply
+        .status(400)
+        .send({ error: { code: 'invalid_request', message: error.message, hint: 'see docs/api.md for the request format' } });
     }
     if (error.statusCode && error.statusCode < 500) {
       return reply.status(error.statusCode).send({ error: { code: 'invalid_request', message: error.message } });
     }
     process.stderr.write(`jit broker: unexpected error: ${error.stack ?? error.message}\n`);
-    return reply.status(500).send({ error: { code: 'internal', message: 'the broker hit an unexpected error', hint: 'see the broker log' } });
+    return reply
+      .status(500)
+      .send({ error: { code: 'internal', message: 'the broker hit an unexpected error', hint: 'see the broker log' } });
   });
   app.setNotFoundHandler((request, reply) =>
-    reply.status(404).send({ error: { code: 'no_route', message: `no route ${request.method} ${request.url.split('?')[0]}`, hint: 'see docs/api.md' } }),
+    reply
+      .status(404)
+      .send({ error: { code: 'no_route', message: `no route ${request.method} ${request.url.split('?')[0]}`, hint: 'see docs/api.md' } }),
   );
 
   const principal = (request: FastifyRequest) => grants.authenticate(bearer(request));
@@ -87,7 +93,10 @@ export function buildApi(options: { config: BrokerConfig; grants: GrantService; 
       const target = await resolveGrantedPath(resource.root, segments, granted);
       await grants.recordDataAccess(grant, { resource: resourceName, path: segments.join('/'), outcome: 'allowed', kind: target.kind });
       if (target.kind === 'directory') return reply.send({ path: [resourceName, ...segments].join('/'), entries: target.entries });
-      return reply.header('content-type', 'application/octet-stream').header('content-length', target.size).send(createReadStream(target.absolute));
+      return reply
+        .header('content-type', 'application/octet-stream')
+        .header('content-length', target.size)
+        .send(createReadStream(target.absolute));
     } catch (error) {
       const outcome = error instanceof JitError ? error.code : 'error';
       await grants.recordDataAccess(grant, { resource: resourceName, path: segments.join('/'), outcome });

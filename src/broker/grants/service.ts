@@ -1,11 +1,11 @@
-import type { BrokerConfig } from '../config.ts';
-import type { BrokerStore, GrantRecord } from '../store/store.ts';
-import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { AuthError, ConflictError, NotFoundError, UsageError } from '../../core/errors.ts';
+import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { closestName, formatScope, parseScope, type Scope } from '../../core/scope.ts';
+import type { BrokerConfig } from '../config.ts';
 import { evaluate } from '../policy/evaluate.ts';
 import { FILES_ACTIONS, filesEnv } from '../providers/files.ts';
+import type { BrokerStore, GrantRecord } from '../store/store.ts';
 
 export type Clock = { now(): number };
 
@@ -56,7 +56,12 @@ export class GrantService {
       decision: JSON.stringify(decision.explanation),
     };
     await this.#store.insertGrant(record);
-    await this.#audit('grant.issued', record, { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision: decision.explanation });
+    await this.#audit('grant.issued', record, {
+      scopes: record.scopes,
+      ttlSeconds: decision.ttlSeconds,
+      reason: record.reason,
+      decision: decision.explanation,
+    });
     return { ...this.view(record), credential, env: filesEnv(this.#publicUrl(), credential) };
   }
 
@@ -90,7 +95,13 @@ export class GrantService {
     const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
     if (!ended) {
       const current = await this.#owned(subject, id);
-      return { id, state: current.state, revokedAt: current.endedAt === null ? null : iso(current.endedAt), alreadyEnded: true, actions: [] };
+      return {
+        id,
+        state: current.state,
+        revokedAt: current.endedAt === null ? null : iso(current.endedAt),
+        alreadyEnded: true,
+        actions: [],
+      };
     }
     const actions = ['credential refused by the files endpoint'];
     await this.#audit('grant.revoked', ended, { by: subject, actions });

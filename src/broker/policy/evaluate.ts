@@ -1,7 +1,7 @@
-import type { PolicyRule } from '../config.ts';
 import { formatDuration } from '../../core/duration.ts';
 import { DeniedError, UsageError } from '../../core/errors.ts';
-import { formatScope, globMatches, scopeTarget, type Scope } from '../../core/scope.ts';
+import { formatScope, globMatches, type Scope, scopeTarget } from '../../core/scope.ts';
+import type { PolicyRule } from '../config.ts';
 
 export type Decision = {
   /** The TTL the grant gets, in seconds. */
@@ -14,7 +14,12 @@ export type Decision = {
  * Decides a request: every scope must be allowed by some rule for this subject, and the TTL must
  * fit under the strictest maximum among the rules used. No rule, no grant.
  */
-export function evaluate(rules: readonly PolicyRule[], subject: string, scopes: readonly Scope[], requestedTtlSeconds: number | undefined): Decision {
+export function evaluate(
+  rules: readonly PolicyRule[],
+  subject: string,
+  scopes: readonly Scope[],
+  requestedTtlSeconds: number | undefined,
+): Decision {
   const used: { scope: Scope; rule: PolicyRule }[] = [];
   for (const scope of scopes) {
     const rule = rules.find(
@@ -34,10 +39,13 @@ export function evaluate(rules: readonly PolicyRule[], subject: string, scopes: 
   const maxTtl = Math.min(...used.map(({ rule }) => rule.maxTtlSeconds));
   const ttlSeconds = requestedTtlSeconds ?? Math.min(...used.map(({ rule }) => rule.defaultTtlSeconds));
   if (ttlSeconds > maxTtl) {
-    throw new UsageError(`ttl ${formatDuration(ttlSeconds)} is longer than the ${formatDuration(maxTtl)} the policy allows for this scope`, {
-      code: 'ttl_too_long',
-      hint: `ask for --ttl ${formatDuration(maxTtl)} or less`,
-    });
+    throw new UsageError(
+      `ttl ${formatDuration(ttlSeconds)} is longer than the ${formatDuration(maxTtl)} the policy allows for this scope`,
+      {
+        code: 'ttl_too_long',
+        hint: `ask for --ttl ${formatDuration(maxTtl)} or less`,
+      },
+    );
   }
   return { ttlSeconds, explanation: used.map(({ scope, rule }) => ({ scope: formatScope(scope), rule: rule.name })) };
 }

@@ -1,7 +1,7 @@
 import { lstat, readdir, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { DeniedError, NotFoundError, UsageError } from '../../core/errors.ts';
-import { scopeCovers, type Scope } from '../../core/scope.ts';
+import { type Scope, scopeCovers } from '../../core/scope.ts';
 
 /**
  * The files provider: a resource is a directory on the broker; a grant's credential reads under
@@ -29,13 +29,18 @@ export function splitRequestPath(rawPath: string): string[] {
       throw new UsageError(`malformed path segment "${raw}"`, { code: 'bad_path', hint: 'percent-encode the path correctly' });
     }
     if (segment === '' || segment === '.' || segment === '..' || /[/\\\0]/.test(segment)) {
-      throw new DeniedError('path escapes the granted prefix', { code: 'path_traversal', hint: 'request a plain path under the granted scope' });
+      throw new DeniedError('path escapes the granted prefix', {
+        code: 'path_traversal',
+        hint: 'request a plain path under the granted scope',
+      });
     }
     return segment;
   });
 }
 
-export type FileTarget = { kind: 'file'; absolute: string; size: number } | { kind: 'directory'; absolute: string; entries: DirectoryEntry[] };
+export type FileTarget =
+  | { kind: 'file'; absolute: string; size: number }
+  | { kind: 'directory'; absolute: string; entries: DirectoryEntry[] };
 export type DirectoryEntry = { name: string; type: 'file' | 'directory' | 'other'; size: number };
 
 /**

@@ -15,7 +15,8 @@ export const brokerStart: CommandDefinition = {
       .option('--port <port>', 'port to listen on (0 picks a free one)', String(DEFAULT_BROKER_PORT)),
   async handler({ options }, ctx) {
     const port = Number(options.port);
-    if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new UsageError(`invalid port "${options.port}"`, { hint: 'use 0-65535' });
+    if (!Number.isInteger(port) || port < 0 || port > 65_535)
+      throw new UsageError(`invalid port "${options.port}"`, { hint: 'use 0-65535' });
     const broker = await startBroker({ dir: path.resolve(String(options.dir)), host: String(options.host), port });
     ctx.out.result({ url: broker.url }, `jit broker listening on ${broker.url}`);
     const signal = await new Promise<NodeJS.Signals>((resolve) => {

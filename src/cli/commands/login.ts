@@ -15,24 +15,33 @@ export const login: CommandDefinition = {
   async handler({ options }, ctx) {
     const brokerUrl = String(options.broker ?? ctx.env.JIT_BROKER_URL ?? ctx.config.profile(ctx.options.profile)?.brokerUrl ?? '');
     if (!brokerUrl) throw new UsageError('no broker URL given', { hint: 'pass --broker URL' });
-    if (!/^https?:\/\/[^/]+/.test(brokerUrl)) throw new UsageError(`"${brokerUrl}" is not an http(s) URL`, { hint: 'e.g. --broker http://127.0.0.1:8420' });
+    if (!/^https?:\/\/[^/]+/.test(brokerUrl))
+      throw new UsageError(`"${brokerUrl}" is not an http(s) URL`, { hint: 'e.g. --broker http://127.0.0.1:8420' });
     const token = await readToken(Boolean(options.tokenStdin), ctx.out.json);
     const secrets = await ctx.secrets();
     if (secrets.backend === 'memory') {
-      throw new KeychainError('no OS keychain to keep the token in', { hint: 'set JIT_BROKER_URL and JIT_TOKEN instead (for CI), or see docs/keychain.md' });
+      throw new KeychainError('no OS keychain to keep the token in', {
+        hint: 'set JIT_BROKER_URL and JIT_TOKEN instead (for CI), or see docs/keychain.md',
+      });
     }
     const { subject } = await new BrokerClient({ brokerUrl, token }).whoami();
     await secrets.set(accounts.token(ctx.options.profile), token);
     ctx.config.setProfile(ctx.options.profile, { ...ctx.config.profile(ctx.options.profile), brokerUrl: brokerUrl.replace(/\/+$/, '') });
     const data = { profile: ctx.options.profile, brokerUrl, subject, keychain: secrets.backend };
-    return { data, human: `Logged in to ${brokerUrl} as ${subject} (profile ${data.profile}; token kept in the OS keychain via ${secrets.backend}).` };
+    return {
+      data,
+      human: `Logged in to ${brokerUrl} as ${subject} (profile ${data.profile}; token kept in the OS keychain via ${secrets.backend}).`,
+    };
   },
 };
 
 async function readToken(fromStdin: boolean, noPrompt: boolean): Promise<string> {
   if (fromStdin) {
     const token = (await text(process.stdin)).trim();
-    if (!token) throw new UsageError('standard input held no token', { hint: 'pipe it in: printf %s "$TOKEN" | jit login --token-stdin --broker URL' });
+    if (!token)
+      throw new UsageError('standard input held no token', {
+        hint: 'pipe it in: printf %s "$TOKEN" | jit login --token-stdin --broker URL',
+      });
     return token;
   }
   if (noPrompt || !process.stdin.isTTY) {

@@ -6,7 +6,8 @@ import type { CommandDefinition } from '../command.ts';
 export const revoke: CommandDefinition = {
   path: 'revoke',
   summary: 'revoke a grant now (or --all grants this machine holds)',
-  define: (command) => command.argument('[id]', 'the grant id, e.g. g_0123456789abcdef0123').option('--all', "revoke every grant in this machine's index"),
+  define: (command) =>
+    command.argument('[id]', 'the grant id, e.g. g_0123456789abcdef0123').option('--all', "revoke every grant in this machine's index"),
   async handler({ args, options }, ctx) {
     const [id] = args;
     if (Boolean(options.all) === Boolean(id)) throw new UsageError('name one grant id or pass --all', { hint: 'see `jit grants` for ids' });

@@ -1,0 +1,89 @@
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { initBroker, type RunningBroker, startBroker } from '../../src/broker/broker.ts';
+
+export type TestBroker = {
+  url: string;
+  token: string;
+  dir: string;
+  dataDir: string;
+  broker: RunningBroker;
+  /** Stops the broker (idempotent); the directory stays until `cleanup`. */
+  stop(): Promise<void>;
+  /** Starts it again on the same port and store. */
+  restart(): Promise<void>;
+  cleanup(): Promise<void>;
+};
+
+export const SAMPLE_FILES: Record<string, string> = {
+  'train/shard-0000.jsonl': '{"prompt":"2+2","completion":"4"}\n{"prompt":"capital of France","completion":"Paris"}\n',
+  'train/shard-0001.jsonl': '{"prompt":"3*3","completion":"9"}\n',
+  'eval/holdout.jsonl': '{"prompt":"secret eval item","completion":"do not leak"}\n',
+};
+
+/**
+ * A real broker in this process on a free loopback port, in its own temporary directory, with
+ * the sample datasets. `heartbeatTimeout` shortens the lapse window for tests that kill jit.
+ */
+export async function startTestBroker(options: { heartbeatTimeout?: string; files?: Record<string, string> } = {}): Promise<TestBroker> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'jit-broker-'));
+  const { token } = await initBroker(dir, 'admin');
+  const dataDir = path.join(dir, 'data', 'datasets');
+  for (const [name, content] of Object.entries(options.files ?? SAMPLE_FILES)) {
+    await mkdir(path.dirname(path.join(dataDir, name)), { recursive: true });
+    await writeFile(path.join(dataDir, name), content);
+  }
+  if (options.heartbeatTimeout) {
+    const configFile = path.join(dir, 'broker.yaml');
+    const yaml = await readFile(configFile, 'utf8');
+    await writeFile(
+      configFile,
+      yaml
+        .replace(/heartbeatTimeout: \S+/, `heartbeatTimeout: ${options.heartbeatTimeout}`)
+        .replace(/sweepInterval: \S+/, 'sweepInterval: 1s'),
+    );
+  }
+  let broker = await startBroker({ dir, host: '127.0.0.1', port: 0 });
+  const port = Number(new URL(broker.url).port);
+  const handle: TestBroker = {
+    url: broker.url,
+    token,
+    dir,
+    dataDir,
+    broker,
+    stop: () => broker.close(),
+    async restart() {
+      broker = await startBroker({ dir, host: '127.0.0.1', port });
+      handle.broker = broker;
+    },
+    async cleanup() {
+      await broker.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return handle;
+}
+
+/** Calls the broker's API directly, as an admin would, to check what jit did. */
+export async function api<T = unknown>(
+  broker: { url: string },
+  token: string,
+  method: string,
+  route: string,
+  body?: unknown,
+): Promise<{ status: number; body: T }> {
+  const response = await fetch(`${broker.url}/v1/${route}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await response.text();
+  return { status: response.status, body: (text ? JSON.parse(text) : undefined) as T };
+}
+
+/** Reads a file through the files endpoint with a grant credential. */
+export async function readGranted(url: string, credential: string, filePath: string): Promise<{ status: number; text: string }> {
+  const response = await fetch(`${url}/v1/files/${filePath}`, { headers: { authorization: `Bearer ${credential}` } });
+  return { status: response.status, text: await response.text() };
+}
