@@ -79,7 +79,7 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
   const document = parseDocument(text, { lineCounter, prettyErrors: false });
   const [syntaxError] = document.errors;
   if (syntaxError) {
-    const line = syntaxError.linePos?.[0]?.line ?? '?';
+    const line = lineCounter.linePos(syntaxError.pos[0]).line;
     throw new UsageError(`${file}:${line}: ${syntaxError.message.split('\n')[0]}`, { code: 'invalid_config', hint: 'fix the YAML syntax' });
   }
   const parsed = schema.safeParse(document.toJS());
