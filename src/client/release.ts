@@ -7,7 +7,8 @@ import type { BrokerClient } from './broker-client.ts';
 /**
  * Revokes a grant on the broker and forgets it locally: keychain entry and index entry. The one
  * cleanup used by `jit run` on every way out, by `jit revoke`, and by the leftover reaper.
- * Idempotent: a grant the broker has already ended, or no longer knows, counts as released.
+ * Idempotent: a grant the broker has already ended counts as released, and so does one in the
+ * local index that the broker no longer knows.
  * Throws (leaving the index entry) only when the broker could not be asked.
  */
 export async function releaseGrant(
@@ -18,7 +19,8 @@ export async function releaseGrant(
   try {
     receipt = await deps.client.revokeGrant(id);
   } catch (error) {
-    if (!(error instanceof NotFoundError)) throw error;
+    // A grant this machine still indexes but the broker no longer knows is gone all the same.
+    if (!(error instanceof NotFoundError) || !deps.config.grant(id)) throw error;
     receipt = { id, state: 'revoked', revokedAt: null, alreadyEnded: true, actions: [] };
   }
   await forgetGrant(id, deps);

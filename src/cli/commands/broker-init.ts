@@ -1,5 +1,4 @@
 import path from 'node:path';
-import { initBroker } from '../../broker/broker.ts';
 import type { CommandDefinition } from '../command.ts';
 
 export const brokerInit: CommandDefinition = {
@@ -11,7 +10,7 @@ export const brokerInit: CommandDefinition = {
       .option('--admin <name>', 'name of the first admin (subject user:NAME)', 'admin'),
   async handler({ options }, ctx) {
     const dir = path.resolve(String(options.dir));
-    const { token, config, subject } = await initBroker(dir, String(options.admin));
+    const { token, config, subject } = await (await import('../../broker/broker.ts')).initBroker(dir, String(options.admin));
     const human = [
       `Initialised a jit broker in ${dir}`,
       `  config: ${config}`,

@@ -1,5 +1,4 @@
 import path from 'node:path';
-import { startBroker } from '../../broker/broker.ts';
 import { UsageError } from '../../core/errors.ts';
 import type { CommandDefinition } from '../command.ts';
 
@@ -17,7 +16,11 @@ export const brokerStart: CommandDefinition = {
     const port = Number(options.port);
     if (!Number.isInteger(port) || port < 0 || port > 65_535)
       throw new UsageError(`invalid port "${options.port}"`, { hint: 'use 0-65535' });
-    const broker = await startBroker({ dir: path.resolve(String(options.dir)), host: String(options.host), port });
+    const broker = await (await import('../../broker/broker.ts')).startBroker({
+      dir: path.resolve(String(options.dir)),
+      host: String(options.host),
+      port,
+    });
     ctx.out.result({ url: broker.url }, `jit broker listening on ${broker.url}`);
     const signal = await new Promise<NodeJS.Signals>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));

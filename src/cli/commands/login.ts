@@ -1,5 +1,4 @@
 import { text } from 'node:stream/consumers';
-import { password } from '@inquirer/prompts';
 import { BrokerClient } from '../../client/broker-client.ts';
 import { KeychainError, UsageError } from '../../core/errors.ts';
 import { accounts } from '../../secrets/store.ts';
@@ -47,5 +46,6 @@ async function readToken(fromStdin: boolean, noPrompt: boolean): Promise<string>
   if (noPrompt || !process.stdin.isTTY) {
     throw new UsageError('no token given and no terminal to prompt on', { hint: 'pipe it in with --token-stdin' });
   }
+  const { password } = await import('@inquirer/prompts');
   return (await password({ message: 'API token', mask: true }, { output: process.stderr })).trim();
 }
