@@ -30,13 +30,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   } catch (error) {
     if (error instanceof CommanderError) {
       if (['commander.helpDisplayed', 'commander.help', 'commander.version'].includes(error.code)) return ExitCode.ok;
-      const command = error.code === 'commander.executeSubCommandAsync' ? '' : commandPathIn(argv);
-      fallbackOut().error(
-        new UsageError(error.message.replace(/^error: /, ''), {
-          code: 'usage',
-          hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage`,
-        }),
-      );
+      const command = error.code === 'commander.unknownCommand' ? '' : commandPathIn(argv);
+      const message = error.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
+      fallbackOut().error(new UsageError(message, { code: 'usage', hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage` }));
       return ExitCode.usage;
     }
     if (error instanceof JitError) {
@@ -59,7 +55,7 @@ function buildProgram(
     .version(VERSION, '--version')
     .enablePositionalOptions()
     .exitOverride()
-    .configureOutput({ writeErr: () => {}, outputError: () => {} })
+    .configureOutput(QUIET_ERRORS)
     .showSuggestionAfterError(true);
   const groups = new Map<string, Command>();
   for (const definition of definitions) {
@@ -68,28 +64,23 @@ function buildProgram(
     for (const word of words.slice(0, -1)) {
       let group = groups.get(word);
       if (!group) {
-        group = parent
-          .command(word)
-          .description(`${word} commands`)
-          .exitOverride()
-          .configureOutput({ writeErr: () => {}, outputError: () => {} });
+        group = parent.command(word).description(`${word} commands`).exitOverride().configureOutput(QUIET_ERRORS);
         groups.set(word, group);
       }
       parent = group;
     }
     const name = words.at(-1) ?? definition.path;
     if (parent.commands.some((existing) => existing.name() === name)) throw new Error(`duplicate command: ${definition.path}`);
-    const command = parent
-      .command(name)
-      .description(definition.summary)
-      .exitOverride()
-      .configureOutput({ writeErr: () => {}, outputError: () => {} });
+    const command = parent.command(name).description(definition.summary).exitOverride().configureOutput(QUIET_ERRORS);
     definition.define?.(command);
     addGlobalOptions(command);
     command.action(async () => run(definition, command));
   }
   return program;
 }
+
+/** Commander's own error lines are replaced by jit's one-line errors; its help still prints. */
+const QUIET_ERRORS = { outputError: () => {} };
 
 function addGlobalOptions(command: Command): void {
   command
