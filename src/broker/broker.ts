@@ -1,7 +1,7 @@
 import { access, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { ConflictError } from '../core/errors.ts';
+import { ConflictError, UsageError } from '../core/errors.ts';
 import { hashSecret, newSecret } from '../core/ids.ts';
 import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
@@ -60,6 +60,13 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     await app.listen({ host: options.host, port: options.port });
   } catch (error) {
     await store.close();
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+      throw new UsageError(`cannot listen on ${options.host}:${options.port} (${code})`, {
+        code: 'cannot_listen',
+        hint: code === 'EADDRINUSE' ? 'another process holds that port: pick another with --port (0 picks a free one)' : 'check --host and --port',
+      });
+    }
     throw error;
   }
   const address = app.server.address();

@@ -32,9 +32,11 @@ export class Output {
     this.color = new Chalk({ level: colorful ? 1 : 0 });
   }
 
-  /** The command's result: JSON when asked for, else the human rendering. */
+  /** The command's result: JSON when asked for, else the human rendering; nothing when it has none (jit run). */
   result(data: unknown, human: string | undefined): void {
-    if (this.json) this.#stdout.write(`${JSON.stringify(data, null, 2)}\n`);
+    if (this.json) {
+      if (data !== undefined) this.#stdout.write(`${JSON.stringify(data, null, 2)}\n`);
+    }
     else if (human !== undefined && human !== '') this.#stdout.write(human.endsWith('\n') ? human : `${human}\n`);
   }
 

@@ -91,6 +91,25 @@ describe('jit broker start', () => {
     await assert.rejects(fetch(`http://127.0.0.1:${port}/v1/health`));
   });
 
+  it('says so in one line when the port is taken', async () => {
+    const dir = await newDir();
+    const env = await testEnv();
+    await jit(['broker', 'init', '--dir', dir], { env });
+    const holder = net.createServer().listen(0, '127.0.0.1');
+    await new Promise((resolve) => holder.once('listening', resolve));
+    try {
+      const { port } = holder.address() as net.AddressInfo;
+      const result = await jit(['broker', 'start', '--dir', dir, '--port', String(port)], { env });
+      assert.equal(result.code, 2);
+      assert.match(
+        result.stderr,
+        new RegExp(`^jit: error: cannot listen on 127\\.0\\.0\\.1:${port} \\(EADDRINUSE\\); another process holds that port`),
+      );
+    } finally {
+      holder.close();
+    }
+  });
+
   it('says what to do when the directory has no broker', async () => {
     const result = await jit(['broker', 'start', '--dir', await newDir(), '--port', '0'], { env: await testEnv() });
     assert.equal(result.code, 2);

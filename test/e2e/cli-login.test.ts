@@ -106,6 +106,17 @@ describe('without an OS keychain (headless)', () => {
     assert.deepEqual(await activeGrants(broker), []);
   });
 
+  it('jit run --json leaves stdout to the job alone', async () => {
+    const env = await testEnv({ ...HEADLESS, JIT_BROKER_URL: broker.url, JIT_TOKEN: broker.token });
+    const result = await jit(
+      ['run', '--json', '--keychain', 'memory', '--scope', 'datasets/train', '--', 'node', '-e', 'process.stdout.write("only this")'],
+      { env },
+    );
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'only this');
+    assert.equal(result.stderr, '', 'memory storage that was asked for is not warned about');
+  });
+
   it('--keychain require (or JIT_KEYCHAIN=require) makes it an error before any grant is issued', async () => {
     const before = (await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants')).body.grants.length;
     for (const [args, extra] of [
