@@ -97,8 +97,7 @@ async function main(): Promise<number> {
     const response = await fetch(`${started.url}/v1/grants`, { headers: { authorization: `Bearer ${token}` } });
     const { grants } = (await response.json()) as { grants: { id: string; state: string; endedAt: string }[] };
     const [grant] = grants;
-    if (!grant || grant.state !== 'revoked')
-      throw new Error(`expected the job's grant to be revoked, the broker says: ${JSON.stringify(grants)}`);
+    if (grant?.state !== 'revoked') throw new Error(`expected the job's grant to be revoked, the broker says: ${JSON.stringify(grants)}`);
     say(`after the job: the broker reports grant ${grant.id} as ${grant.state} (at ${grant.endedAt}); its credential is dead`);
     say('jit grants (what this machine still holds):');
     await runJit(['grants'], jobEnv);

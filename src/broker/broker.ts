@@ -64,7 +64,10 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       throw new UsageError(`cannot listen on ${options.host}:${options.port} (${code})`, {
         code: 'cannot_listen',
-        hint: code === 'EADDRINUSE' ? 'another process holds that port: pick another with --port (0 picks a free one)' : 'check --host and --port',
+        hint:
+          code === 'EADDRINUSE'
+            ? 'another process holds that port: pick another with --port (0 picks a free one)'
+            : 'check --host and --port',
       });
     }
     throw error;

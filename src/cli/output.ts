@@ -36,8 +36,7 @@ export class Output {
   result(data: unknown, human: string | undefined): void {
     if (this.json) {
       if (data !== undefined) this.#stdout.write(`${JSON.stringify(data, null, 2)}\n`);
-    }
-    else if (human !== undefined && human !== '') this.#stdout.write(human.endsWith('\n') ? human : `${human}\n`);
+    } else if (human !== undefined && human !== '') this.#stdout.write(human.endsWith('\n') ? human : `${human}\n`);
   }
 
   /** Progress worth seeing only with -v. */

@@ -177,6 +177,11 @@ function runChild(
  * can revoke, and relays them to the child exactly once: a signal the terminal already sent to
  * the whole foreground group is not sent again. The first one starts the grace period, after
  * which the child gets SIGKILL.
+ *
+ * While it runs it is the only listener for those signals: conf (through atomically) loads
+ * when-exit, whose listener sends the first signal back to this process with process.kill even
+ * when others listen, so jit would relay it twice. The listeners it sets aside come back on
+ * dispose; their exit-time cleanup still runs on the 'exit' event when jit ends normally.
  */
 class SignalRelay {
   received: NodeJS.Signals | undefined;
@@ -184,9 +189,12 @@ class SignalRelay {
   #killAfterMs = 10_000;
   #killTimer: NodeJS.Timeout | undefined;
   readonly #handlers = new Map<NodeJS.Signals, () => void>();
+  readonly #setAside = new Map<NodeJS.Signals, ((...args: unknown[]) => void)[]>();
 
   constructor() {
     for (const signal of RELAYED_SIGNALS) {
+      this.#setAside.set(signal, process.rawListeners(signal) as ((...args: unknown[]) => void)[]);
+      process.removeAllListeners(signal);
       const handler = () => this.#onSignal(signal);
       this.#handlers.set(signal, handler);
       process.on(signal, handler);
@@ -203,6 +211,7 @@ class SignalRelay {
   dispose(): void {
     clearTimeout(this.#killTimer);
     for (const [signal, handler] of this.#handlers) process.off(signal, handler);
+    for (const [signal, listeners] of this.#setAside) for (const listener of listeners) process.on(signal, listener);
   }
 
   #onSignal(signal: NodeJS.Signals): void {

@@ -12,10 +12,22 @@ describe('broker.yaml', () => {
   });
 
   const broken: [string, string, RegExp][] = [
-    ['a bad duration', initialConfigYaml('user:admin').replace('maxTtl: 8h', 'maxTtl: 8 hours'), /broker\.yaml:\d+: policy\.rules\.0\.maxTtl: invalid duration/],
+    [
+      'a bad duration',
+      initialConfigYaml('user:admin').replace('maxTtl: 8h', 'maxTtl: 8 hours'),
+      /broker\.yaml:\d+: policy\.rules\.0\.maxTtl: invalid duration/,
+    ],
     ['an unknown key', initialConfigYaml('user:admin').replace('grants:', 'grantz:'), /broker\.yaml:\d+: .*grantz/],
-    ['a resource kind it does not know', initialConfigYaml('user:admin').replace('kind: files', 'kind: ftp'), /broker\.yaml:\d+: resources\.datasets\.kind/],
-    ['a rule on an undeclared resource', initialConfigYaml('user:admin').replace('"datasets/**"', '"warehouse/**"'), /unknown resource "warehouse"/],
+    [
+      'a resource kind it does not know',
+      initialConfigYaml('user:admin').replace('kind: files', 'kind: ftp'),
+      /broker\.yaml:\d+: resources\.datasets\.kind/,
+    ],
+    [
+      'a rule on an undeclared resource',
+      initialConfigYaml('user:admin').replace('"datasets/**"', '"warehouse/**"'),
+      /unknown resource "warehouse"/,
+    ],
     ['a YAML syntax error', 'version: 1\nresources: [oops\n', /broker\.yaml:\d+: /],
   ];
   for (const [what, text, expected] of broken) {

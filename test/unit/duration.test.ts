@@ -13,16 +13,22 @@ describe('parseDuration', () => {
   });
 
   it('refuses bare numbers with a hint to add a unit', () => {
-    assert.throws(() => parseDuration('30', '--ttl'), (error: Error & { hint?: string }) => {
-      assert.match(error.message, /invalid --ttl "30"/);
-      assert.match(error.hint ?? '', /30m or 30s/);
-      return true;
-    });
+    assert.throws(
+      () => parseDuration('30', '--ttl'),
+      (error: Error & { hint?: string }) => {
+        assert.match(error.message, /invalid --ttl "30"/);
+        assert.match(error.hint ?? '', /30m or 30s/);
+        return true;
+      },
+    );
   });
 
   for (const text of ['', 'abc', '1x', '-5m', '1.5h', 'm', '30m1h', '0s', '0h0m']) {
     it(`refuses ${JSON.stringify(text)}`, () => {
-      assert.throws(() => parseDuration(text), (error: Error & { exitCode?: number }) => error.exitCode === 2);
+      assert.throws(
+        () => parseDuration(text),
+        (error: Error & { exitCode?: number }) => error.exitCode === 2,
+      );
     });
   }
 });

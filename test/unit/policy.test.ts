@@ -5,7 +5,14 @@ import { evaluate } from '../../src/broker/policy/evaluate.ts';
 import { parseScope } from '../../src/core/scope.ts';
 
 const rules: PolicyRule[] = [
-  { name: 'train-only', subjects: ['user:ana'], scopes: ['datasets/train/**'], actions: ['read'], defaultTtlSeconds: 1800, maxTtlSeconds: 3600 },
+  {
+    name: 'train-only',
+    subjects: ['user:ana'],
+    scopes: ['datasets/train/**'],
+    actions: ['read'],
+    defaultTtlSeconds: 1800,
+    maxTtlSeconds: 3600,
+  },
   { name: 'admin', subjects: ['user:admin'], scopes: ['datasets/**'], actions: ['read'], defaultTtlSeconds: 3600, maxTtlSeconds: 28_800 },
 ];
 const scopes = (...texts: string[]) => texts.map(parseScope);

@@ -6,10 +6,22 @@ describe('parseScope', () => {
   it('reads resource, path and action, with read as the default action', () => {
     assert.deepEqual(parseScope('datasets'), { resource: 'datasets', path: '', action: 'read' });
     assert.deepEqual(parseScope('datasets/train'), { resource: 'datasets', path: 'train', action: 'read' });
-    assert.deepEqual(parseScope('datasets/train/shard-0001.jsonl'), { resource: 'datasets', path: 'train/shard-0001.jsonl', action: 'read' });
+    assert.deepEqual(parseScope('datasets/train/shard-0001.jsonl'), {
+      resource: 'datasets',
+      path: 'train/shard-0001.jsonl',
+      action: 'read',
+    });
     assert.deepEqual(parseScope('checkpoints/run-42:write'), { resource: 'checkpoints', path: 'run-42', action: 'write' });
-    assert.deepEqual(parseScope('warehouse/public.customers:select'), { resource: 'warehouse', path: 'public.customers', action: 'select' });
-    assert.deepEqual(parseScope('apis/embeddings:POST /v1/embeddings'), { resource: 'apis', path: 'embeddings', action: 'POST /v1/embeddings' });
+    assert.deepEqual(parseScope('warehouse/public.customers:select'), {
+      resource: 'warehouse',
+      path: 'public.customers',
+      action: 'select',
+    });
+    assert.deepEqual(parseScope('apis/embeddings:POST /v1/embeddings'), {
+      resource: 'apis',
+      path: 'embeddings',
+      action: 'POST /v1/embeddings',
+    });
   });
 
   it('formats back to the shortest form', () => {
