@@ -1,6 +1,9 @@
 #!/usr/bin/env node
-// Thin entry: the CLI lives in src/cli/main.ts. A built package runs dist/; a checkout runs the
-// TypeScript sources directly (Node >= 23.6 strips types; `npm run build` makes dist/ for 22.13+).
+// Thin entry: the CLI lives in src/cli/main.ts. A checkout runs the TypeScript sources directly
+// (Node >= 23.6 strips types); an installed package, which ships only dist/ (`npm run build`,
+// run by prepack), runs the compiled JavaScript, so Node 22.13 works too.
+import { existsSync } from 'node:fs';
+
 const [major, minor] = process.versions.node.split('.').map(Number);
 if (major < 22 || (major === 22 && minor < 13)) {
   process.stderr.write(
@@ -8,8 +11,6 @@ if (major < 22 || (major === 22 && minor < 13)) {
   );
   process.exit(1);
 }
-const entry = await import('../dist/cli/main.js').catch((error) => {
-  if (error?.code !== 'ERR_MODULE_NOT_FOUND' || !String(error.message).includes('dist')) throw error;
-  return import('../src/cli/main.ts');
-});
+const source = new URL('../src/cli/main.ts', import.meta.url);
+const entry = process.features.typescript && existsSync(source) ? await import(source.href) : await import('../dist/cli/main.js');
 process.exit(await entry.main(process.argv.slice(2)));
