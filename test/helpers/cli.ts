@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -22,18 +22,44 @@ export async function testEnv(extra: Record<string, string | undefined> = {}): P
   return env;
 }
 
-export type Finished = { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; stdoutBytes: Buffer };
+export type Finished = {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  stdoutBytes: Buffer;
+  stderrBytes: Buffer;
+};
+
+export type JitProcessOptions = {
+  env: NodeJS.ProcessEnv;
+  input?: string | Buffer;
+  detached?: boolean;
+  cwd?: string;
+  /**
+   * Run jit as the foreground job of a new pseudo-terminal (util-linux `script`), as a user at a
+   * shell would: "\x03" written to stdin is then a real Ctrl-C, which the terminal sends to the
+   * whole foreground process group. stdout is the terminal's output (jit's stdout and stderr
+   * together, with CRLF line ends); `child` is `script`, and jit runs in a session of its own.
+   * The terminal is 80x24: `script` without a terminal of its own gives the pseudo-terminal no
+   * size, and jit's spinner (ora 9.4.1) loops forever on a 0-column terminal.
+   */
+  terminal?: boolean;
+};
 
 /** A running `bin/jit` with its output collected, for tests that talk to it while it runs. */
 export class JitProcess {
   readonly child: ChildProcess;
   stdout = Buffer.alloc(0);
-  stderr = '';
+  stderrBytes = Buffer.alloc(0);
   readonly done: Promise<Finished>;
   readonly #waiters: { stream: 'stdout' | 'stderr'; pattern: RegExp; resolve: (match: RegExpMatchArray) => void }[] = [];
 
-  constructor(args: string[], options: { env: NodeJS.ProcessEnv; input?: string | Buffer; detached?: boolean; cwd?: string }) {
-    this.child = spawn(process.execPath, [BIN, ...args], {
+  constructor(args: string[], options: JitProcessOptions) {
+    const [command, commandArgs] = options.terminal
+      ? ['script', ['-qfec', `stty cols 80 rows 24 && exec ${[process.execPath, BIN, ...args].map(shellQuote).join(' ')}`, '/dev/null']]
+      : [process.execPath, [BIN, ...args]];
+    this.child = spawn(command, commandArgs, {
       env: options.env,
       cwd: options.cwd ?? ROOT,
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -44,15 +70,26 @@ export class JitProcess {
       this.#check();
     });
     this.child.stderr?.on('data', (chunk: Buffer) => {
-      this.stderr += chunk.toString();
+      this.stderrBytes = Buffer.concat([this.stderrBytes, chunk]);
       this.#check();
     });
     if (options.input !== undefined) this.child.stdin?.end(options.input);
     this.done = new Promise((resolve) => {
       this.child.on('close', (code, signal) =>
-        resolve({ code, signal, stdout: this.stdout.toString(), stderr: this.stderr, stdoutBytes: this.stdout }),
+        resolve({
+          code,
+          signal,
+          stdout: this.stdout.toString(),
+          stderr: this.stderr,
+          stdoutBytes: this.stdout,
+          stderrBytes: this.stderrBytes,
+        }),
       );
     });
+  }
+
+  get stderr(): string {
+    return this.stderrBytes.toString();
   }
 
   /** Resolves when the stream's output so far matches; rejects after `timeoutMs` with what was seen. */
@@ -101,4 +138,13 @@ export function killGroup(pid: number | undefined, signal: NodeJS.Signals = 'SIG
   try {
     process.kill(-pid, signal);
   } catch {}
+}
+
+/** Whether util-linux `script` is here to give jit a pseudo-terminal (`terminal` option). */
+export function terminalAvailable(): boolean {
+  return spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
 }
