@@ -67,7 +67,10 @@ export class Output {
 
   /** A spinner on stderr when it is a terminal and the output is for a person; silent otherwise. */
   spinner(text: string): Spinner {
-    if (this.json || !this.#stderr.isTTY) return silentSpinner;
+    // A terminal that reports no width (`script` without a terminal of its own) sends ora 9 into
+    // an endless redraw loop, so such terminals get no spinner.
+    const columns = (this.#stderr as { columns?: number }).columns;
+    if (this.json || !this.#stderr.isTTY || !columns) return silentSpinner;
     const spinner = ora({ text, stream: this.#stderr, discardStdin: false }).start();
     return {
       succeed: (message) => (this.verbose ? spinner.succeed(message) : spinner.stop()),

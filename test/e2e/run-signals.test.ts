@@ -63,6 +63,27 @@ test('Ctrl-C in a terminal reaches the job exactly once, though the terminal sig
   await assertReleased(places, grantId);
 });
 
+test('in a terminal that reports no width, jit run neither hangs nor floods it', async (t) => {
+  if (!terminalAvailable()) {
+    if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
+    t.skip('no util-linux `script` here to give jit a pseudo-terminal');
+    return;
+  }
+  const places = await setUp(t);
+  if (!places) return;
+  const running = startJit(t, ['run', '--scope', 'datasets/train', '--', 'node', '-e', 'console.log("job done")'], {
+    env: places.env,
+    terminal: true,
+    terminalColumns: 0,
+  });
+  const timer = setTimeout(() => running.child.kill('SIGKILL'), 15_000);
+  const result = await running.done;
+  clearTimeout(timer);
+  assert.equal(result.code, 0, `jit did not finish on a 0-column terminal: ${result.stdout.slice(0, 200)}`);
+  assert.match(result.stdout, /job done/);
+  assert.ok(result.stdoutBytes.length < 1024, `the terminal got ${result.stdoutBytes.length} bytes for one line of output`);
+});
+
 test('--kill-after 1s: a job that ignores SIGTERM is SIGKILLed after the grace period; jit exits 137 and revokes', async (t) => {
   const places = await setUp(t);
   if (!places) return;

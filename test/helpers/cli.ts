@@ -41,10 +41,11 @@ export type JitProcessOptions = {
    * shell would: "\x03" written to stdin is then a real Ctrl-C, which the terminal sends to the
    * whole foreground process group. stdout is the terminal's output (jit's stdout and stderr
    * together, with CRLF line ends); `child` is `script`, and jit runs in a session of its own.
-   * The terminal is 80x24: `script` without a terminal of its own gives the pseudo-terminal no
-   * size, and jit's spinner (ora 9.4.1) loops forever on a 0-column terminal.
+   * The terminal is `terminalColumns` (default 80) wide and 24 rows high; `script` without a
+   * terminal of its own would give it no size at all (0 columns).
    */
   terminal?: boolean;
+  terminalColumns?: number;
 };
 
 /** A running `bin/jit` with its output collected, for tests that talk to it while it runs. */
@@ -57,7 +58,14 @@ export class JitProcess {
 
   constructor(args: string[], options: JitProcessOptions) {
     const [command, commandArgs] = options.terminal
-      ? ['script', ['-qfec', `stty cols 80 rows 24 && exec ${[process.execPath, BIN, ...args].map(shellQuote).join(' ')}`, '/dev/null']]
+      ? [
+          'script',
+          [
+            '-qfec',
+            `stty cols ${options.terminalColumns ?? 80} rows 24 && exec ${[process.execPath, BIN, ...args].map(shellQuote).join(' ')}`,
+            '/dev/null',
+          ],
+        ]
       : [process.execPath, [BIN, ...args]];
     this.child = spawn(command, commandArgs, {
       env: options.env,
