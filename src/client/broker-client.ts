@@ -78,19 +78,9 @@ export class BrokerClient {
       const body = error.response.body as { error?: { code?: string; message?: string; hint?: string } } | undefined;
       return errorFromHttp(error.response.statusCode, body?.error);
     }
-    // On Node >= 24.20, got 14 rejects a refused connection that it would retry with Node's bare
-    // ERR_SOCKET_CLOSED_BEFORE_CONNECTION, not a RequestError, and does not retry
-    // (sindresorhus/got#2469, fixed upstream by got#2470).
-    const closedBeforeConnecting = (error as NodeJS.ErrnoException | undefined)?.code === 'ERR_SOCKET_CLOSED_BEFORE_CONNECTION';
-    if (error instanceof RequestError || closedBeforeConnecting) {
-      const { code, message } = error as NodeJS.ErrnoException;
-      const reason = closedBeforeConnecting
-        ? 'could not connect'
-        : code === 'ECONNREFUSED'
-          ? 'connection refused'
-          : code === 'ETIMEDOUT'
-            ? 'timed out'
-            : (code ?? message);
+    if (error instanceof RequestError) {
+      const { code, message } = error;
+      const reason = code === 'ECONNREFUSED' ? 'connection refused' : code === 'ETIMEDOUT' ? 'timed out' : (code ?? message);
       return new BrokerUnreachableError(`cannot reach the broker at ${this.brokerUrl} (${reason})`, {
         hint: 'check that it is running and that the URL (jit login --broker, JIT_BROKER_URL) is right',
         cause: error,

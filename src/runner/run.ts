@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Context } from '../cli/context.ts';
 import type { BrokerClient } from '../client/broker-client.ts';
-import { forgetGrant, releaseGrant } from '../client/release.ts';
+import { releaseGrant } from '../client/release.ts';
 import { ConflictError, ExitCode, JitError, UsageError } from '../core/errors.ts';
 import type { IssuedGrant } from '../core/grant.ts';
 import { formatScope, parseScope } from '../core/scope.ts';
@@ -17,9 +17,6 @@ export type RunOptions = {
 };
 
 type ChildOutcome = { code: number | null; signal: NodeJS.Signals | null } | { spawnError: NodeJS.ErrnoException };
-
-/** Revocation attempts at exit: immediately, then after these pauses (capped back-off). */
-const REVOKE_PAUSES_MS = [250, 750, 1500];
 
 /**
  * `jit run`: request a grant, keep its credential in the keychain, run the command with the
@@ -108,27 +105,18 @@ function exitStatus(ctx: Context, program: string, outcome: ChildOutcome): numbe
 /** Revoke with retries; wipe the keychain entry whatever happens; keep a revoke-pending index entry if the broker never answered. */
 async function finish(ctx: Context, deps: { client: BrokerClient; secrets: SecretStore; grantId: string }): Promise<void> {
   const { grantId } = deps;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const receipt = await releaseGrant(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets });
-      ctx.out.info(receipt.alreadyEnded ? `grant ${grantId} had already ended (${receipt.state})` : `grant ${grantId} revoked`);
-      return;
-    } catch (error) {
-      const pause = REVOKE_PAUSES_MS[attempt];
-      if (pause === undefined) {
-        await deps.secrets.delete(accounts.grant(grantId)).catch(() => false);
-        const local = ctx.config.grant(grantId);
-        if (local) ctx.config.putGrant({ ...local, state: 'revoke-pending' });
-        else await forgetGrant(grantId, { config: ctx.config, secrets: deps.secrets });
-        const reason = error instanceof Error ? error.message : String(error);
-        ctx.out.warn(
-          `could not revoke grant ${grantId} (${reason}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,
-        );
-        return;
-      }
-      ctx.out.info(`revoking ${grantId} failed, retrying in ${pause} ms`);
-      await new Promise((resolve) => setTimeout(resolve, pause));
-    }
+  try {
+    // The client retries a revocation that cannot reach the broker (or meets a 5xx) with back-off.
+    const receipt = await releaseGrant(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets });
+    ctx.out.info(receipt.alreadyEnded ? `grant ${grantId} had already ended (${receipt.state})` : `grant ${grantId} revoked`);
+  } catch (error) {
+    await deps.secrets.delete(accounts.grant(grantId)).catch(() => false);
+    const local = ctx.config.grant(grantId);
+    if (local) ctx.config.putGrant({ ...local, state: 'revoke-pending' });
+    const reason = error instanceof Error ? error.message : String(error);
+    ctx.out.warn(
+      `could not revoke grant ${grantId} (${reason}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,
+    );
   }
 }
 
