@@ -1,11 +1,11 @@
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ConflictError, UsageError } from '../core/errors.ts';
 import { hashSecret, newSecret } from '../core/ids.ts';
 import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
-import { initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
+import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
 import { SqliteStore } from './store/sqlite.ts';
 
@@ -49,9 +49,27 @@ export async function initBroker(dir: string, admin: string): Promise<{ token: s
   return { token, config: configFile, subject };
 }
 
+/** A resource whose root is missing is a config error at start, not an HTTP 500 at first use. */
+async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
+  for (const [name, resource] of Object.entries(config.resources)) {
+    const isDirectory = await stat(resource.root).then(
+      (stats) => stats.isDirectory(),
+      () => false,
+    );
+    if (!isDirectory) {
+      throw new UsageError(`${configFile}: resources.${name}.root: ${resource.root} is not a directory`, {
+        code: 'invalid_config',
+        hint: 'create it, or point root at an existing directory',
+      });
+    }
+  }
+}
+
 /** Loads DIR/broker.yaml (refusing a broken one before anything listens) and serves it. */
 export async function startBroker(options: { dir: string; host: string; port: number; clock?: Clock }): Promise<RunningBroker> {
-  const config = await loadBrokerConfig(path.join(options.dir, CONFIG_FILE));
+  const configFile = path.join(options.dir, CONFIG_FILE);
+  const config = await loadBrokerConfig(configFile);
+  await checkResourceRoots(config, configFile);
   const store = new SqliteStore(path.join(config.dir, DATABASE_FILE));
   let url = '';
   const grants = new GrantService({ config, store, clock: options.clock ?? systemClock, publicUrl: () => config.publicUrl ?? url });

@@ -4,6 +4,7 @@ import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
+import { FILES_ACTIONS } from './providers/files.ts';
 
 /** broker.yaml, validated once at start-up (docs/broker-config.md). Durations are kept in seconds. */
 export type FilesResource = { kind: 'files'; root: string };
@@ -28,7 +29,7 @@ export type BrokerConfig = {
   rules: PolicyRule[];
 };
 
-const duration = z.string().transform((text, context) => {
+const duration = z.string({ error: 'a duration needs a unit: 90s, 30m, 2h, 1d' }).transform((text, context) => {
   try {
     return parseDuration(text);
   } catch (error) {
@@ -37,32 +38,61 @@ const duration = z.string().transform((text, context) => {
   }
 });
 
-const schema = z.strictObject({
-  version: z.literal(1),
-  publicUrl: z.url().optional(),
-  grants: z
-    .strictObject({
-      heartbeatTimeout: duration.default(30),
-      sweepInterval: duration.default(1),
-    })
-    .default({ heartbeatTimeout: 30, sweepInterval: 1 }),
-  resources: z.record(
-    z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
-    z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
-  ),
-  policy: z.strictObject({
-    rules: z.array(
-      z.strictObject({
-        name: z.string().min(1),
-        subjects: z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME')).min(1),
-        scopes: z.array(z.string().min(1)).min(1),
-        actions: z.array(z.string().min(1)).default(['read']),
-        defaultTtl: duration.default(3600),
-        maxTtl: duration,
-      }),
+const PATTERN = /^[a-z][a-z0-9_-]{0,62}(\/[A-Za-z0-9._=@+*-]+)*$/;
+
+const schema = z
+  .strictObject({
+    version: z.literal(1),
+    publicUrl: z
+      .url()
+      .transform((url) => url.replace(/\/+$/, ''))
+      .optional(),
+    grants: z
+      .strictObject({
+        heartbeatTimeout: duration.default(30),
+        sweepInterval: duration.default(1),
+      })
+      .default({ heartbeatTimeout: 30, sweepInterval: 1 }),
+    resources: z.record(
+      z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
+      z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
     ),
-  }),
-});
+    policy: z.strictObject({
+      rules: z.array(
+        z.strictObject({
+          name: z.string().min(1),
+          subjects: z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME')).min(1),
+          scopes: z.array(z.string().regex(PATTERN, 'a scope pattern is RESOURCE[/PATH], where path segments may use * and **')).min(1),
+          actions: z.array(z.string().min(1)).default(['read']),
+          defaultTtl: duration.default(3600),
+          maxTtl: duration,
+        }),
+      ),
+    }),
+  })
+  .superRefine((config, context) => {
+    const known = Object.keys(config.resources);
+    config.policy.rules.forEach((rule, ruleIndex) => {
+      rule.scopes.forEach((pattern, patternIndex) => {
+        const resource = pattern.split('/')[0] ?? '';
+        if (!known.includes(resource)) {
+          context.addIssue({
+            code: 'custom',
+            path: ['policy', 'rules', ruleIndex, 'scopes', patternIndex],
+            message: `unknown resource "${resource}" (declare it under resources, or use one of: ${known.join(', ')})`,
+          });
+        }
+      });
+      const unknownAction = rule.actions.find((action) => !(FILES_ACTIONS as readonly string[]).includes(action));
+      if (unknownAction !== undefined) {
+        context.addIssue({
+          code: 'custom',
+          path: ['policy', 'rules', ruleIndex, 'actions'],
+          message: `action "${unknownAction}" does not apply to files resources (they have: ${FILES_ACTIONS.join(', ')})`,
+        });
+      }
+    });
+  });
 
 export async function loadBrokerConfig(file: string): Promise<BrokerConfig> {
   const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
@@ -105,17 +135,6 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     defaultTtlSeconds: Math.min(rule.defaultTtl, rule.maxTtl),
     maxTtlSeconds: rule.maxTtl,
   }));
-  for (const rule of rules) {
-    for (const pattern of rule.scopes) {
-      const resource = pattern.split('/')[0] ?? '';
-      if (!(resource in config.resources)) {
-        throw new UsageError(`${file}: policy rule "${rule.name}" names unknown resource "${resource}"`, {
-          code: 'invalid_config',
-          hint: `declare it under resources, or use one of: ${Object.keys(config.resources).join(', ')}`,
-        });
-      }
-    }
-  }
   return {
     dir,
     publicUrl: config.publicUrl,

@@ -26,7 +26,22 @@ describe('broker.yaml', () => {
     [
       'a rule on an undeclared resource',
       initialConfigYaml('user:admin').replace('"datasets/**"', '"warehouse/**"'),
-      /unknown resource "warehouse"/,
+      /broker\.yaml:\d+: policy\.rules\.0\.scopes\.0: unknown resource "warehouse"/,
+    ],
+    [
+      'an action files do not have',
+      initialConfigYaml('user:admin').replace('actions: [read]', 'actions: [read, write]'),
+      /broker\.yaml:\d+: policy\.rules\.0\.actions: action "write" does not apply to files resources/,
+    ],
+    [
+      'a scope pattern outside the grammar',
+      initialConfigYaml('user:admin').replace('"datasets/**"', '"datasets/my data"'),
+      /broker\.yaml:\d+: policy\.rules\.0\.scopes\.0: a scope pattern is/,
+    ],
+    [
+      'a duration without a unit',
+      initialConfigYaml('user:admin').replace('heartbeatTimeout: 30s', 'heartbeatTimeout: 30'),
+      /broker\.yaml:\d+: grants\.heartbeatTimeout: a duration needs a unit/,
     ],
     ['a YAML syntax error', 'version: 1\nresources: [oops\n', /broker\.yaml:\d+: /],
   ];
@@ -42,6 +57,11 @@ describe('broker.yaml', () => {
       );
     });
   }
+
+  it('drops a trailing slash from publicUrl, so job URLs have no double slash', () => {
+    const config = parseBrokerConfig(`publicUrl: https://jit.example.com/\n${initialConfigYaml('user:admin')}`, '/srv/jit/broker.yaml');
+    assert.equal(config.publicUrl, 'https://jit.example.com');
+  });
 
   it('points at the line of the offending key', () => {
     const text = initialConfigYaml('user:admin').replace('maxTtl: 8h', 'maxTtl: soon');

@@ -36,6 +36,12 @@ export function buildApi(options: { config: BrokerConfig; grants: GrantService; 
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     bodyLimit: 64 * 1024,
+    // Errors Fastify raises before routing (a malformed percent-encoding, say) get jit's body too.
+    frameworkErrors: (error, _request, reply: FastifyReply) => {
+      reply
+        .status(error.statusCode ?? 400)
+        .send({ error: { code: 'invalid_request', message: error.message, hint: 'check the request URL' } });
+    },
   });
 
   app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) => {

@@ -1,3 +1,4 @@
+import { chmodSync } from 'node:fs';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
 import type { AuditEvent, BrokerStore, GrantRecord, PrincipalRecord } from './store.ts';
@@ -59,6 +60,9 @@ export class SqliteStore implements BrokerStore {
 
   constructor(file: string) {
     this.#db = new DatabaseSync(file);
+    // Token and credential hashes are in here: readable by the broker's user only. SQLite gives
+    // its -wal and -shm files the same mode.
+    if (file !== ':memory:') chmodSync(file, 0o600);
     this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
     this.#db.exec(SCHEMA);
   }
