@@ -13,4 +13,6 @@ if (major < 22 || (major === 22 && minor < 13)) {
 }
 const source = new URL('../src/cli/main.ts', import.meta.url);
 const entry = process.features.typescript && existsSync(source) ? await import(source.href) : await import('../dist/cli/main.js');
-process.exit(await entry.main(process.argv.slice(2)));
+const code = await entry.main(process.argv.slice(2));
+// Exit once stdout has drained (pipes are asynchronous on macOS), without waiting on idle sockets.
+process.stdout.write('', () => process.exit(code));

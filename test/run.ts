@@ -24,8 +24,11 @@ if (!process.env.DBUS_SESSION_BUS_ADDRESS && has('dbus-run-session') && has('gno
   });
 }
 
-const files = args.filter((arg) => !arg.startsWith('-'));
-const flags = args.filter((arg) => arg.startsWith('-'));
+// Test files are the arguments that name .ts files (or globs of them); everything else, such as
+// `--test-name-pattern foo`, goes to node --test as it is.
+const isFile = (arg: string) => !arg.startsWith('-') && arg.endsWith('.ts');
+const files = args.filter(isFile);
+const flags = args.filter((arg) => !isFile(arg));
 run(process.execPath, [
   '--test',
   '--test-concurrency=2',

@@ -168,7 +168,7 @@ resources:
 policy:
   rules:
     - name: admin-datasets
-      subjects: ["${adminSubject}"]
+      subjects: [${JSON.stringify(adminSubject)}]
       scopes: ["datasets/**"]
       actions: [read]
       defaultTtl: 1h

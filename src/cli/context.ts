@@ -1,12 +1,12 @@
 import { BrokerClient } from '../client/broker-client.ts';
-import { LocalConfig } from '../config/local.ts';
-import { AuthError } from '../core/errors.ts';
+import { type GrantAuth, LocalConfig, type LocalGrant } from '../config/local.ts';
+import { AuthError, UsageError } from '../core/errors.ts';
 import { accounts, type KeychainMode, openSecretStore, type SecretStore } from '../secrets/store.ts';
 import type { Output } from './output.ts';
 
 export type GlobalOptions = { json: boolean; verbose: boolean; profile: string; keychain: KeychainMode };
 
-export type Session = { client: BrokerClient; profile: string; brokerUrl: string };
+export type Session = { client: BrokerClient; profile: string; brokerUrl: string; auth: GrantAuth };
 
 /**
  * What every command handler receives: the global options, output, local config, the secret
@@ -19,8 +19,8 @@ export type Context = {
   config: LocalConfig;
   secrets(): Promise<SecretStore>;
   session(): Promise<Session>;
-  /** A client for a broker URL recorded elsewhere (the local grant index), with that profile's token. */
-  clientFor(brokerUrl: string, profile: string, tuning?: { timeoutMs?: number; retries?: number }): Promise<BrokerClient>;
+  /** A client for a grant in the local index, with the same kind of token that requested it (or none). */
+  clientForGrant(grant: LocalGrant, tuning?: { timeoutMs?: number; retries?: number }): Promise<BrokerClient>;
 };
 
 export function createContext(options: GlobalOptions, out: Output, env: NodeJS.ProcessEnv = process.env): Context {
@@ -37,10 +37,15 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
     return secrets;
   };
 
-  /** JIT_TOKEN wins; otherwise the profile's token from the keychain. */
-  const tokenFor = async (profile: string, brokerUrl: string): Promise<string | undefined> => {
-    if (env.JIT_TOKEN && (!env.JIT_BROKER_URL || sameUrl(env.JIT_BROKER_URL, brokerUrl))) return env.JIT_TOKEN;
-    return (await openSecrets()).get(accounts.token(profile));
+  /**
+   * A token is only ever sent to the broker it belongs to: JIT_TOKEN to JIT_BROKER_URL, a
+   * profile's keychain token to that profile's broker. Anything else would hand a standing token
+   * to whatever URL an environment variable names.
+   */
+  const credentials = async (profile: string, brokerUrl: string, auth: GrantAuth): Promise<string | undefined> => {
+    if (auth === 'env') return env.JIT_TOKEN && env.JIT_BROKER_URL && sameUrl(env.JIT_BROKER_URL, brokerUrl) ? env.JIT_TOKEN : undefined;
+    const profileUrl = config.profile(profile)?.brokerUrl;
+    return profileUrl && sameUrl(profileUrl, brokerUrl) ? (await openSecrets()).get(accounts.token(profile)) : undefined;
   };
 
   const context: Context = {
@@ -50,18 +55,30 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
     config,
     secrets: openSecrets,
     async session() {
-      const brokerUrl = env.JIT_BROKER_URL || config.profile(options.profile)?.brokerUrl;
+      const profile = options.profile;
+      if (env.JIT_TOKEN && !env.JIT_BROKER_URL) {
+        throw new UsageError('JIT_TOKEN is set but JIT_BROKER_URL is not', {
+          hint: 'set both (a token is only sent to the broker it is for)',
+        });
+      }
+      const auth: GrantAuth = env.JIT_TOKEN ? 'env' : 'profile';
+      const brokerUrl = env.JIT_BROKER_URL || config.profile(profile)?.brokerUrl;
       if (!brokerUrl) {
-        throw new AuthError(`no broker configured for profile "${options.profile}"`, {
+        throw new AuthError(`no broker configured for profile "${profile}"`, {
           hint: 'run `jit login --broker URL`, or set JIT_BROKER_URL and JIT_TOKEN',
         });
       }
-      const token = await tokenFor(options.profile, brokerUrl);
-      if (!token) throw new AuthError(`not logged in to ${brokerUrl}`);
-      return { client: new BrokerClient({ brokerUrl, token }), profile: options.profile, brokerUrl };
+      const token = await credentials(profile, brokerUrl, auth);
+      if (!token)
+        throw new AuthError(`not logged in to ${brokerUrl}`, { hint: `run \`jit login --broker ${brokerUrl}\`, or set JIT_TOKEN for it` });
+      return { client: new BrokerClient({ brokerUrl, token }), profile, brokerUrl, auth };
     },
-    async clientFor(brokerUrl, profile, tuning = {}) {
-      return new BrokerClient({ brokerUrl, token: await tokenFor(profile, brokerUrl), ...tuning });
+    async clientForGrant(grant, tuning = {}) {
+      return new BrokerClient({
+        brokerUrl: grant.brokerUrl,
+        token: await credentials(grant.profile, grant.brokerUrl, grant.auth),
+        ...tuning,
+      });
     },
   };
   return context;

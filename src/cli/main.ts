@@ -30,11 +30,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   } catch (error) {
     if (error instanceof CommanderError) {
       if (['commander.helpDisplayed', 'commander.help', 'commander.version'].includes(error.code)) return ExitCode.ok;
-      const command = error.code === 'commander.unknownCommand' ? '' : commandPathIn(argv);
+      const command = commandPathIn(error.code === 'commander.unknownCommand' ? argv.slice(0, argv[0] === 'broker' ? 1 : 0) : argv);
       const message = error.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
       fallbackOut().error(new UsageError(message, { code: 'usage', hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage` }));
       return ExitCode.usage;
     }
+    // Ctrl-C at a prompt: the user meant to stop, and a shell expects 130 for that.
+    if (error instanceof Error && error.name === 'ExitPromptError') return 128 + 2;
     if (error instanceof JitError) {
       fallbackOut().error(error);
       return error.exitCode;

@@ -31,10 +31,6 @@ export class BrokerClient {
     });
   }
 
-  health(): Promise<{ status: string; version: string }> {
-    return this.#call(() => this.#http.get('health').json());
-  }
-
   whoami(): Promise<{ subject: string }> {
     return this.#authed(() => this.#http.get('whoami').json());
   }
@@ -42,14 +38,6 @@ export class BrokerClient {
   /** Not retried on its own: a lost response would otherwise issue two grants. */
   requestGrant(body: { scopes: string[]; ttlSeconds?: number; reason?: string }): Promise<IssuedGrant> {
     return this.#authed(() => this.#http.post('grants', { json: body, retry: { limit: 0 } }).json());
-  }
-
-  getGrant(id: string): Promise<GrantView> {
-    return this.#authed(() => this.#http.get(`grants/${encodeURIComponent(id)}`).json());
-  }
-
-  listGrants(): Promise<{ grants: GrantView[] }> {
-    return this.#authed(() => this.#http.get('grants').json());
   }
 
   heartbeat(id: string): Promise<GrantView> {

@@ -1,7 +1,7 @@
 import Conf from 'conf';
 
 /**
- * What jit keeps on this machine besides secrets (docs/configuration.md): profiles (broker URL,
+ * What jit keeps on this machine besides secrets (README, "Configuration"): profiles (broker URL,
  * default TTL) and the index of grants this machine holds, so `jit grants` works offline and a
  * later jit can finish revocations a killed wrapper left behind. No secret is ever written here.
  */
@@ -9,12 +9,20 @@ export type Profile = { brokerUrl: string; defaultTtl?: string };
 
 export type LocalGrantState = 'active' | 'revoke-pending';
 
+/** Which token requested a grant: JIT_TOKEN (with JIT_BROKER_URL) or the profile's keychain token. */
+export type GrantAuth = 'env' | 'profile';
+
+/** The `jit run` process holding a grant, precisely enough to tell later whether it is gone. */
+export type Wrapper = { pid: number; host: string; bootId: string; startTicks: number };
+
 export type LocalGrant = {
   id: string;
   profile: string;
   brokerUrl: string;
+  auth: GrantAuth;
   scopes: string[];
   pid: number;
+  wrapper: Wrapper;
   command: string;
   createdAt: string;
   expiresAt: string;

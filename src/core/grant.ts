@@ -1,5 +1,7 @@
 /** The grant as the API, the CLI and the local index speak of it (docs/api.md). */
 export const GRANT_STATES = ['pending', 'active', 'revoked', 'expired', 'denied', 'cancelled', 'timed-out'] as const;
+export const GRANT_ID = /^g_[0-9a-f]{20}$/;
+
 export type GrantState = (typeof GRANT_STATES)[number];
 
 export type GrantView = {
@@ -24,7 +26,8 @@ export type IssuedGrant = GrantView & {
 
 export type RevocationReceipt = {
   id: string;
-  state: GrantState;
+  /** "unknown": the broker has no such grant (for this principal); this machine forgot it. */
+  state: GrantState | 'unknown';
   revokedAt: string | null;
   alreadyEnded: boolean;
   actions: string[];

@@ -1,5 +1,5 @@
 import type { Context } from '../cli/context.ts';
-import { processAlive, releaseGrant } from '../client/release.ts';
+import { releaseOrDefer, wrapperGone } from '../client/release.ts';
 
 const REAP_TIMEOUT_MS = 2_000;
 
@@ -10,17 +10,13 @@ const REAP_TIMEOUT_MS = 2_000;
  * for next time.
  */
 export async function reapLeftovers(ctx: Context): Promise<void> {
-  const leftovers = ctx.config.grants().filter((grant) => grant.state === 'revoke-pending' || !processAlive(grant.pid));
+  const leftovers = ctx.config.grants().filter((grant) => grant.state === 'revoke-pending' || wrapperGone(grant));
   if (leftovers.length === 0) return;
   const secrets = await ctx.secrets();
   for (const grant of leftovers) {
-    try {
-      const client = await ctx.clientFor(grant.brokerUrl, grant.profile, { timeoutMs: REAP_TIMEOUT_MS, retries: 0 });
-      await releaseGrant(grant.id, { client, config: ctx.config, secrets });
-      ctx.out.info(`finished revoking grant ${grant.id}, left by an earlier jit run (pid ${grant.pid})`);
-    } catch (error) {
-      ctx.config.putGrant({ ...grant, state: 'revoke-pending' });
-      ctx.out.info(`grant ${grant.id} is still revoke-pending: ${(error as Error).message}`);
-    }
+    const client = await ctx.clientForGrant(grant, { timeoutMs: REAP_TIMEOUT_MS, retries: 0 });
+    const outcome = await releaseOrDefer(grant.id, { client, config: ctx.config, secrets });
+    if ('error' in outcome) ctx.out.info(`grant ${grant.id} is still revoke-pending: ${outcome.error.message}`);
+    else ctx.out.info(`cleaned up grant ${grant.id} left by an earlier jit run (pid ${grant.pid}): now ${outcome.receipt.state}`);
   }
 }

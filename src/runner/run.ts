@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Context } from '../cli/context.ts';
 import type { BrokerClient } from '../client/broker-client.ts';
-import { releaseGrant } from '../client/release.ts';
+import { currentWrapper, releaseOrDefer } from '../client/release.ts';
 import { ConflictError, ExitCode, JitError, UsageError } from '../core/errors.ts';
 import type { IssuedGrant } from '../core/grant.ts';
 import { formatScope, parseScope } from '../core/scope.ts';
@@ -29,7 +29,7 @@ export async function runUnderGrant(ctx: Context, options: RunOptions): Promise<
     throw new UsageError('no command to run', { hint: 'put it after --, e.g. jit run --scope datasets/train -- python train.py' });
   }
   const scopes = options.scopes.map((text) => formatScope(parseScope(text)));
-  const { client, profile, brokerUrl } = await ctx.session();
+  const { client, profile, brokerUrl, auth } = await ctx.session();
   const secrets = await ctx.secrets();
 
   const signals = new SignalRelay();
@@ -51,8 +51,10 @@ export async function runUnderGrant(ctx: Context, options: RunOptions): Promise<
         id: grant.id,
         profile,
         brokerUrl,
+        auth,
         scopes: grant.scopes,
         pid: process.pid,
+        wrapper: currentWrapper(),
         command: describeCommand(options.command),
         createdAt: grant.createdAt,
         expiresAt: grant.expiresAt,
@@ -105,19 +107,16 @@ function exitStatus(ctx: Context, program: string, outcome: ChildOutcome): numbe
 /** Revoke with retries; wipe the keychain entry whatever happens; keep a revoke-pending index entry if the broker never answered. */
 async function finish(ctx: Context, deps: { client: BrokerClient; secrets: SecretStore; grantId: string }): Promise<void> {
   const { grantId } = deps;
-  try {
-    // The client retries a revocation that cannot reach the broker (or meets a 5xx) with back-off.
-    const receipt = await releaseGrant(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets });
-    ctx.out.info(receipt.alreadyEnded ? `grant ${grantId} had already ended (${receipt.state})` : `grant ${grantId} revoked`);
-  } catch (error) {
-    await deps.secrets.delete(accounts.grant(grantId)).catch(() => false);
-    const local = ctx.config.grant(grantId);
-    if (local) ctx.config.putGrant({ ...local, state: 'revoke-pending' });
-    const reason = error instanceof Error ? error.message : String(error);
+  // The client retries a revocation that cannot reach the broker (or meets a 5xx) with back-off.
+  const outcome = await releaseOrDefer(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets });
+  if ('error' in outcome) {
     ctx.out.warn(
-      `could not revoke grant ${grantId} (${reason}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,
+      `could not revoke grant ${grantId} (${outcome.error.message}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,
     );
+    return;
   }
+  const { receipt } = outcome;
+  ctx.out.info(receipt.alreadyEnded ? `grant ${grantId} had already ended (${receipt.state})` : `grant ${grantId} revoked`);
 }
 
 function startHeartbeat(ctx: Context, client: BrokerClient, grant: IssuedGrant): { stop(): void } {
@@ -129,6 +128,7 @@ function startHeartbeat(ctx: Context, client: BrokerClient, grant: IssuedGrant):
     try {
       await client.heartbeat(grant.id);
     } catch (error) {
+      if (ended) return;
       if (error instanceof ConflictError) {
         ended = true;
         ctx.out.warn(`${error.message}: the job's access has ended`);
@@ -140,7 +140,13 @@ function startHeartbeat(ctx: Context, client: BrokerClient, grant: IssuedGrant):
     }
   }, grant.heartbeatIntervalSeconds * 1000);
   timer.unref();
-  return { stop: () => clearInterval(timer) };
+  return {
+    // A heartbeat still in flight may come back "revoked" after cleanup: that is not news.
+    stop: () => {
+      ended = true;
+      clearInterval(timer);
+    },
+  };
 }
 
 function runChild(

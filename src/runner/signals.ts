@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 
-/** Signals jit relays to its child (SIGBREAK exists only on Windows). */
+/** Signals jit relays to its child (SIGBREAK exists only on Windows); SIGQUIT so Ctrl-\\ cannot skip cleanup. */
 export const RELAYED_SIGNALS: NodeJS.Signals[] =
-  process.platform === 'win32' ? ['SIGINT', 'SIGTERM', 'SIGBREAK'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  process.platform === 'win32' ? ['SIGINT', 'SIGTERM', 'SIGBREAK'] : ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
 
 /** Signals a terminal sends to the whole foreground process group by itself (Ctrl-C, Ctrl-\, hang-up). */
 const GROUP_SIGNALS = new Set<NodeJS.Signals>(['SIGINT', 'SIGQUIT', 'SIGHUP']);

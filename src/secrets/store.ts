@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { KeychainError, UsageError } from '../core/errors.ts';
 
@@ -35,7 +36,6 @@ const BINDINGS: { backend: Exclude<SecretBackend, 'memory'>; load: () => KeytarL
 ];
 
 const PROBE_TIMEOUT_MS = 5_000;
-const PROBE_ACCOUNT = 'probe';
 
 class KeychainStore implements SecretStore {
   readonly fallbackReason = undefined;
@@ -47,16 +47,27 @@ class KeychainStore implements SecretStore {
     this.#binding = binding;
   }
 
-  async get(account: string): Promise<string | undefined> {
-    return (await this.#binding.getPassword(SERVICE, account)) ?? undefined;
+  get(account: string): Promise<string | undefined> {
+    return this.#call('read', async () => (await this.#binding.getPassword(SERVICE, account)) ?? undefined);
   }
 
-  async set(account: string, secret: string): Promise<void> {
-    await this.#binding.setPassword(SERVICE, account, secret);
+  set(account: string, secret: string): Promise<void> {
+    return this.#call('write', () => this.#binding.setPassword(SERVICE, account, secret));
   }
 
-  async delete(account: string): Promise<boolean> {
-    return this.#binding.deletePassword(SERVICE, account);
+  delete(account: string): Promise<boolean> {
+    return this.#call('delete', () => this.#binding.deletePassword(SERVICE, account));
+  }
+
+  /** A keychain that stops answering mid-command (locked, D-Bus gone) is a keychain error, not a bug. */
+  async #call<T>(what: string, operation: () => Promise<T>): Promise<T> {
+    try {
+      return await operation();
+    } catch (error) {
+      throw new KeychainError(`the OS keychain refused to ${what} a jit entry (${firstLine(error)})`, {
+        hint: 'unlock the keychain (on Linux: gnome-keyring under a D-Bus session; see docs/keychain.md) and retry',
+      });
+    }
   }
 }
 
@@ -119,8 +130,10 @@ export async function openSecretStore(mode: KeychainMode, only?: Exclude<SecretB
     try {
       // A write, not a read: @napi-rs/keyring answers a read with "no such entry" even when no
       // keychain service is reachable, and a locked collection only fails on writes.
+      // Each process probes its own entry: parallel jits sharing one would delete each other's.
+      const probe = `probe:${process.pid}:${randomBytes(4).toString('hex')}`;
       await withTimeout(
-        binding.setPassword(SERVICE, PROBE_ACCOUNT, 'probe').then(() => binding.deletePassword(SERVICE, PROBE_ACCOUNT)),
+        binding.setPassword(SERVICE, probe, 'probe').then(() => binding.deletePassword(SERVICE, probe)),
         PROBE_TIMEOUT_MS,
         'the keychain service',
       );

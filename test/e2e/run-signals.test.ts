@@ -20,7 +20,7 @@ async function reportFile(t: TestContext): Promise<string> {
 
 const received = async (report: string) => JSON.parse(await readFile(report, 'utf8')) as Record<string, number>;
 
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) {
   test(`${signal} sent to jit reaches the job exactly once; jit exits with the job’s code and revokes`, async (t) => {
     const places = await setUp(t);
     if (!places) return;

@@ -212,3 +212,38 @@ describe('files endpoint', () => {
     );
   });
 });
+
+describe('revocation on the data plane', () => {
+  let broker: TestBroker;
+  before(async () => {
+    broker = await startTestBroker({ files: { 'train/big.bin': 'x'.repeat(32 << 20) } });
+  });
+  after(() => broker.cleanup());
+
+  it('cuts a transfer already under way when the grant is revoked', async () => {
+    const { body: grant } = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', { scopes: ['datasets/train'] });
+    const { hostname, port } = new URL(broker.url);
+    const received = await new Promise<{ bytes: number; complete: boolean }>((resolve, reject) => {
+      const request = http.get(
+        { hostname, port, path: '/v1/files/datasets/train/big.bin', headers: { authorization: `Bearer ${grant.credential}` } },
+        (response) => {
+          let bytes = 0;
+          let revoked = false;
+          response.on('data', (chunk: Buffer) => {
+            bytes += chunk.length;
+            if (revoked) return;
+            revoked = true;
+            response.pause();
+            void api(broker, broker.token, 'DELETE', `grants/${grant.id}`).then(() => setTimeout(() => response.resume(), 200));
+          });
+          response.on('end', () => resolve({ bytes, complete: response.complete }));
+          response.on('error', () => resolve({ bytes, complete: false }));
+          response.on('aborted', () => resolve({ bytes, complete: false }));
+        },
+      );
+      request.on('error', reject);
+    });
+    assert.equal(received.complete, false, 'the transfer was cut');
+    assert.ok(received.bytes < 32 << 20, `${received.bytes} bytes arrived of ${32 << 20}`);
+  });
+});

@@ -1,6 +1,6 @@
-import { createReadStream } from 'node:fs';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { JitError, UsageError } from '../../core/errors.ts';
+import { GRANT_ID } from '../../core/grant.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
@@ -13,7 +13,7 @@ const grantRequestSchema = {
   required: ['scopes'],
   properties: {
     scopes: { type: 'array', minItems: 1, maxItems: 32, items: { type: 'string', minLength: 1, maxLength: 512 } },
-    ttlSeconds: { type: 'integer', minimum: 1, maximum: 366 * 86_400 },
+    ttlSeconds: { type: 'integer', minimum: 1 },
     reason: { type: 'string', maxLength: 500 },
   },
 } as const;
@@ -21,7 +21,7 @@ const grantRequestSchema = {
 const idParams = {
   type: 'object',
   required: ['id'],
-  properties: { id: { type: 'string', pattern: '^g_[0-9a-f]{20}$' } },
+  properties: { id: { type: 'string', pattern: GRANT_ID.source } },
 } as const;
 
 function bearer(request: FastifyRequest): string | undefined {
@@ -91,21 +91,22 @@ export function buildApi(options: { config: BrokerConfig; grants: GrantService; 
   async function serveFile(request: FastifyRequest, reply: FastifyReply) {
     const { grant, scopes } = await grants.usableGrant(bearer(request));
     const rawPath = (request.raw.url ?? '').split('?')[0]?.slice('/v1/files/'.length) ?? '';
-    const [resourceName, ...segments] = splitRequestPath(rawPath);
-    const resource = resourceName === undefined ? undefined : config.resources[resourceName];
-    if (!resourceName || !resource) throw new UsageError(`unknown files resource "${resourceName ?? ''}"`, { code: 'unknown_resource' });
-    const granted = scopes.filter((scope) => scope.resource === resourceName && scope.action === 'read');
+    const access: Record<string, unknown> = { path: rawPath };
     try {
+      const [resourceName, ...segments] = splitRequestPath(rawPath);
+      const resource = resourceName === undefined ? undefined : config.resources[resourceName];
+      if (!resourceName || !resource) throw new UsageError(`unknown files resource "${resourceName ?? ''}"`, { code: 'unknown_resource' });
+      Object.assign(access, { resource: resourceName, path: segments.join('/') });
+      const granted = scopes.filter((scope) => scope.resource === resourceName && scope.action === 'read');
       const target = await resolveGrantedPath(resource.root, segments, granted);
-      await grants.recordDataAccess(grant, { resource: resourceName, path: segments.join('/'), outcome: 'allowed', kind: target.kind });
+      await grants.recordDataAccess(grant, { ...access, outcome: 'allowed', kind: target.kind });
       if (target.kind === 'directory') return reply.send({ path: [resourceName, ...segments].join('/'), entries: target.entries });
       return reply
         .header('content-type', 'application/octet-stream')
         .header('content-length', target.size)
-        .send(createReadStream(target.absolute));
+        .send(grants.openForGrant(grant.id, target.absolute));
     } catch (error) {
-      const outcome = error instanceof JitError ? error.code : 'error';
-      await grants.recordDataAccess(grant, { resource: resourceName, path: segments.join('/'), outcome });
+      await grants.recordDataAccess(grant, { ...access, outcome: error instanceof JitError ? error.code : 'error' });
       throw error;
     }
   }

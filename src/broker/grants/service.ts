@@ -1,3 +1,4 @@
+import { createReadStream, type ReadStream } from 'node:fs';
 import { AuthError, ConflictError, NotFoundError, UsageError } from '../../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
@@ -22,6 +23,7 @@ export class GrantService {
   readonly #store: BrokerStore;
   readonly #clock: Clock;
   readonly #publicUrl: () => string;
+  readonly #streams = new Map<string, Set<ReadStream>>();
 
   constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
     this.#config = options.config;
@@ -103,7 +105,8 @@ export class GrantService {
         actions: [],
       };
     }
-    const actions = ['credential refused by the files endpoint'];
+    this.#cutStreams(id);
+    const actions = ['credential refused by the files endpoint', 'open transfers cut'];
     await this.#audit('grant.revoked', ended, { by: subject, actions });
     return { id, state: ended.state, revokedAt: iso(now), alreadyEnded: false, actions };
   }
@@ -111,16 +114,32 @@ export class GrantService {
   /** Ends grants past expiry or heartbeat deadline; each one is an audit record. */
   async sweep(): Promise<number> {
     const expired = await this.#store.expireDue(this.#clock.now());
-    for (const grant of expired) await this.#audit('grant.expired', grant, { reason: grant.endReason });
+    for (const grant of expired) {
+      this.#cutStreams(grant.id);
+      await this.#audit('grant.expired', grant, { reason: grant.endReason });
+    }
     return expired.length;
   }
 
-  /** The grant behind a job's credential, if it is usable right now; the data plane's one check. */
+  /**
+   * The grant behind a job's credential, if it is usable right now; the data plane's one check.
+   * A refusal is audited too (without the credential): probing with dead credentials shows up.
+   */
   async usableGrant(credential: string | undefined): Promise<{ grant: GrantRecord; scopes: Scope[] }> {
     const grant = credential ? await this.#store.findGrantByCredentialHash(hashSecret(credential)) : undefined;
-    if (!grant) throw new AuthError('the grant credential is not valid', { hint: 'run the job under `jit run` to get a credential' });
+    if (!grant) {
+      await this.#store.appendEvent({
+        at: this.#clock.now(),
+        type: 'data.refused',
+        subject: null,
+        grantId: null,
+        detail: { reason: 'unknown_credential' },
+      });
+      throw new AuthError('the grant credential is not valid', { hint: 'run the job under `jit run` to get a credential' });
+    }
     const now = this.#clock.now();
     if (grant.state !== 'active' || now >= grant.expiresAt || now >= grant.heartbeatDeadline) {
+      await this.#audit('data.refused', grant, { reason: 'grant_ended', state: grant.state });
       throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
     }
     return { grant, scopes: grant.scopes.map(parseScope) };
@@ -128,6 +147,25 @@ export class GrantService {
 
   async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
     await this.#audit('data.read', grant, detail);
+  }
+
+  /**
+   * A file stream that dies with its grant: revocation and expiry cut transfers already under
+   * way, not just new requests. (This replica's streams only; see docs/architecture.md.)
+   */
+  openForGrant(grantId: string, file: string): ReadStream {
+    const stream = createReadStream(file);
+    const open = this.#streams.get(grantId) ?? new Set<ReadStream>();
+    this.#streams.set(grantId, open.add(stream));
+    stream.once('close', () => {
+      open.delete(stream);
+      if (open.size === 0) this.#streams.delete(grantId);
+    });
+    return stream;
+  }
+
+  #cutStreams(grantId: string): void {
+    for (const stream of this.#streams.get(grantId) ?? []) stream.destroy(new Error(`grant ${grantId} ended`));
   }
 
   view(grant: GrantRecord): GrantView {

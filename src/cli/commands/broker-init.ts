@@ -1,5 +1,9 @@
 import path from 'node:path';
+import { UsageError } from '../../core/errors.ts';
 import type { CommandDefinition } from '../command.ts';
+import { DEFAULT_BROKER_PORT } from './broker-start.ts';
+
+const ADMIN_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
 
 export const brokerInit: CommandDefinition = {
   path: 'broker init',
@@ -10,7 +14,11 @@ export const brokerInit: CommandDefinition = {
       .option('--admin <name>', 'name of the first admin (subject user:NAME)', 'admin'),
   async handler({ options }, ctx) {
     const dir = path.resolve(String(options.dir));
-    const { token, config, subject } = await (await import('../../broker/broker.ts')).initBroker(dir, String(options.admin));
+    const admin = String(options.admin);
+    if (!ADMIN_NAME.test(admin)) {
+      throw new UsageError(`invalid --admin "${admin}"`, { hint: 'use 1-64 letters, digits, ".", "_", "@" or "-"' });
+    }
+    const { token, config, subject } = await (await import('../../broker/broker.ts')).initBroker(dir, admin);
     const human = [
       `Initialised a jit broker in ${dir}`,
       `  config: ${config}`,
@@ -19,7 +27,7 @@ export const brokerInit: CommandDefinition = {
       '',
       'The token is shown this once and stored only as a hash. Keep it safe, then:',
       `  jit broker start --dir ${dir}`,
-      '  jit login --broker http://127.0.0.1:8420 --token-stdin',
+      `  jit login --broker http://127.0.0.1:${DEFAULT_BROKER_PORT} --token-stdin`,
     ].join('\n');
     ctx.out.info(`the admin token is printed once on stdout`);
     return { data: { token, config, subject }, human };

@@ -1,5 +1,6 @@
 import { processAlive } from '../../client/release.ts';
 import type { CommandDefinition } from '../command.ts';
+import { renderTable } from '../table.ts';
 
 export const grants: CommandDefinition = {
   path: 'grants',
@@ -17,10 +18,3 @@ export const grants: CommandDefinition = {
     return { data: { grants: rows }, human: renderTable(table) };
   },
 };
-
-export function renderTable(rows: string[][]): string {
-  const widths = rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length))) ?? [];
-  return rows
-    .map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] ?? 0))).join('  '))
-    .join('\n');
-}

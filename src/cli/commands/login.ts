@@ -12,7 +12,10 @@ export const login: CommandDefinition = {
       .option('--broker <url>', 'the broker URL, e.g. https://jit.example.com')
       .option('--token-stdin', 'read the token from standard input instead of prompting for it'),
   async handler({ options }, ctx) {
-    const brokerUrl = String(options.broker ?? ctx.env.JIT_BROKER_URL ?? ctx.config.profile(ctx.options.profile)?.brokerUrl ?? '');
+    const brokerUrl = String(options.broker ?? ctx.env.JIT_BROKER_URL ?? ctx.config.profile(ctx.options.profile)?.brokerUrl ?? '').replace(
+      /\/+$/,
+      '',
+    );
     if (!brokerUrl) throw new UsageError('no broker URL given', { hint: 'pass --broker URL' });
     if (!/^https?:\/\/[^/]+/.test(brokerUrl))
       throw new UsageError(`"${brokerUrl}" is not an http(s) URL`, { hint: 'e.g. --broker http://127.0.0.1:8420' });
@@ -25,7 +28,7 @@ export const login: CommandDefinition = {
     }
     const { subject } = await new BrokerClient({ brokerUrl, token }).whoami();
     await secrets.set(accounts.token(ctx.options.profile), token);
-    ctx.config.setProfile(ctx.options.profile, { ...ctx.config.profile(ctx.options.profile), brokerUrl: brokerUrl.replace(/\/+$/, '') });
+    ctx.config.setProfile(ctx.options.profile, { ...ctx.config.profile(ctx.options.profile), brokerUrl });
     const data = { profile: ctx.options.profile, brokerUrl, subject, keychain: secrets.backend };
     return {
       data,

@@ -1,6 +1,6 @@
 import { releaseGrant } from '../../client/release.ts';
 import { UsageError } from '../../core/errors.ts';
-import type { RevocationReceipt } from '../../core/grant.ts';
+import { GRANT_ID, type RevocationReceipt } from '../../core/grant.ts';
 import type { CommandDefinition } from '../command.ts';
 
 export const revoke: CommandDefinition = {
@@ -11,12 +11,14 @@ export const revoke: CommandDefinition = {
   async handler({ args, options }, ctx) {
     const [id] = args;
     if (Boolean(options.all) === Boolean(id)) throw new UsageError('name one grant id or pass --all', { hint: 'see `jit grants` for ids' });
+    if (id && !GRANT_ID.test(id))
+      throw new UsageError(`"${id}" is not a grant id`, { hint: 'grant ids look like g_0123456789abcdef0123; see `jit grants`' });
     const secrets = await ctx.secrets();
     const receipts: RevocationReceipt[] = [];
     const targets = id ? [id] : ctx.config.grants().map((grant) => grant.id);
     for (const target of targets) {
       const local = ctx.config.grant(target);
-      const client = local ? await ctx.clientFor(local.brokerUrl, local.profile) : (await ctx.session()).client;
+      const client = local ? await ctx.clientForGrant(local) : (await ctx.session()).client;
       receipts.push(await releaseGrant(target, { client, config: ctx.config, secrets }));
     }
     const human = receipts.length === 0 ? 'No grants to revoke.' : receipts.map(describeReceipt).join('\n');
@@ -25,6 +27,7 @@ export const revoke: CommandDefinition = {
 };
 
 function describeReceipt(receipt: RevocationReceipt): string {
+  if (receipt.state === 'unknown') return `${receipt.id}: the broker does not know this grant; removed it from this machine's index`;
   if (receipt.alreadyEnded) return `${receipt.id}: already ${receipt.state}`;
   return `${receipt.id}: revoked at ${receipt.revokedAt}${receipt.actions.length ? ` (${receipt.actions.join('; ')})` : ''}`;
 }
