@@ -18,6 +18,14 @@ async function reportFile(t: TestContext): Promise<string> {
   return path.join(dir, 'signals.json');
 }
 
+/** Whether a pseudo-terminal can be had; a test without one skips, except under CI=true, where it fails. */
+function withTerminal(t: TestContext): boolean {
+  if (terminalAvailable()) return true;
+  if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
+  t.skip('no util-linux `script` here to give jit a pseudo-terminal');
+  return false;
+}
+
 const received = async (report: string) => JSON.parse(await readFile(report, 'utf8')) as Record<string, number>;
 
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) {
@@ -39,36 +47,33 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) {
   });
 }
 
-test('Ctrl-C in a terminal reaches the job exactly once, though the terminal signals jit and the job alike', async (t) => {
-  if (!terminalAvailable()) {
-    if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
-    t.skip('no util-linux `script` here to give jit a pseudo-terminal');
-    return;
-  }
-  const places = await setUp(t);
-  if (!places) return;
-  const report = await reportFile(t);
-  const running = startJit(t, runArgs(job('signal-counter.mjs', report)), { env: places.env, terminal: true });
-  // The terminal echoes and spinners into the same output; the job's line is what matters.
-  const [, grantId = '', jobGroup = ''] = await running.readUntil('stdout', /ready (\S+) pgrp=(\d+)/);
-  t.after(() => killGroup(Number(jobGroup)));
-  // `exec` makes jit the leader of the terminal's foreground group, which the job shares.
-  await assertHeld(places, grantId, Number(jobGroup));
+for (const [keys, signal, name] of [
+  ['\x03', 'SIGINT', 'Ctrl-C'],
+  ['\x1c', 'SIGQUIT', 'Ctrl-\\'],
+] as const) {
+  test(`${name} in a terminal reaches the job exactly once, though the terminal signals jit and the job alike`, async (t) => {
+    if (!withTerminal(t)) return;
+    const places = await setUp(t);
+    if (!places) return;
+    const report = await reportFile(t);
+    const running = startJit(t, runArgs(job('signal-counter.mjs', report)), { env: places.env, terminal: true });
+    // The terminal echoes and spinners into the same output; the job's line is what matters.
+    const [, grantId = '', jobGroup = ''] = await running.readUntil('stdout', /ready (\S+) pgrp=(\d+)/);
+    t.after(() => killGroup(Number(jobGroup)));
+    // `exec` makes jit the leader of the terminal's foreground group, which the job shares.
+    await assertHeld(places, grantId, Number(jobGroup));
 
-  running.child.stdin?.write('\x03');
-  const result = await running.done;
+    running.child.stdin?.write(keys);
+    const result = await running.done;
 
-  assert.deepEqual(await received(report), { SIGINT: 1 });
-  assert.equal(result.code, 23, 'script passes on jit’s exit code, which is the job’s');
-  await assertReleased(places, grantId);
-});
+    assert.deepEqual(await received(report), { [signal]: 1 });
+    assert.equal(result.code, 23, 'script passes on jit’s exit code, which is the job’s');
+    await assertReleased(places, grantId);
+  });
+}
 
 test('in a terminal that reports no width, jit run neither hangs nor floods it', async (t) => {
-  if (!terminalAvailable()) {
-    if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
-    t.skip('no util-linux `script` here to give jit a pseudo-terminal');
-    return;
-  }
+  if (!withTerminal(t)) return;
   const places = await setUp(t);
   if (!places) return;
   const running = startJit(t, ['run', '--scope', 'datasets/train', '--', 'node', '-e', 'console.log("job done")'], {
