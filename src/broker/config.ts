@@ -29,14 +29,16 @@ export type BrokerConfig = {
   rules: PolicyRule[];
 };
 
-const duration = z.string({ error: 'a duration needs a unit: 90s, 30m, 2h, 1d' }).transform((text, context) => {
-  try {
-    return parseDuration(text);
-  } catch (error) {
-    context.addIssue({ code: 'custom', message: (error as Error).message });
-    return z.NEVER;
-  }
-});
+const duration = z
+  .string({ error: (issue) => (issue.input === undefined ? 'required' : 'a duration needs a unit: 90s, 30m, 2h, 1d') })
+  .transform((text, context) => {
+    try {
+      return parseDuration(text);
+    } catch (error) {
+      context.addIssue({ code: 'custom', message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
 
 const PATTERN = /^[a-z][a-z0-9_-]{0,62}(\/[A-Za-z0-9._=@+*-]+)*$/;
 
@@ -62,7 +64,17 @@ const schema = z
         z.strictObject({
           name: z.string().min(1),
           subjects: z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME')).min(1),
-          scopes: z.array(z.string().regex(PATTERN, 'a scope pattern is RESOURCE[/PATH], where path segments may use * and **')).min(1),
+          scopes: z
+            .array(
+              z
+                .string()
+                .regex(PATTERN, 'a scope pattern is RESOURCE[/PATH], where path segments may use * and **')
+                .refine(
+                  (pattern) => !pattern.split('/').some((segment) => segment === '.' || segment === '..'),
+                  'path segments "." and ".." are not allowed',
+                ),
+            )
+            .min(1),
           actions: z.array(z.string().min(1)).default(['read']),
           defaultTtl: duration.default(3600),
           maxTtl: duration,

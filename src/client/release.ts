@@ -89,8 +89,10 @@ export function currentWrapper(): Wrapper {
  */
 export function wrapperGone(grant: LocalGrant): boolean {
   const here = currentWrapper();
-  if (grant.wrapper.host !== here.host) return false;
-  if (grant.wrapper.bootId && here.bootId && grant.wrapper.bootId !== here.bootId) return true;
-  if (!processAlive(grant.wrapper.pid)) return true;
-  return grant.wrapper.startTicks !== 0 && startTicks(grant.wrapper.pid) !== grant.wrapper.startTicks;
+  // An entry written before wrappers were recorded: judge it by its pid alone, on this host.
+  const wrapper = (grant.wrapper as Wrapper | undefined) ?? { pid: grant.pid, host: here.host, bootId: '', startTicks: 0 };
+  if (wrapper.host !== here.host) return false;
+  if (wrapper.bootId && here.bootId && wrapper.bootId !== here.bootId) return true;
+  if (!processAlive(wrapper.pid)) return true;
+  return wrapper.startTicks !== 0 && startTicks(wrapper.pid) !== wrapper.startTicks;
 }

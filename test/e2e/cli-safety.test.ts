@@ -136,6 +136,24 @@ describe('the reaper judges only wrappers it can see', () => {
     assert.equal(await stateOf(elsewhere), 'active', "another machine's live job keeps its grant");
     assert.equal(await stateOf(reused), 'revoked', 'a pid that started at another time is not our wrapper');
   });
+
+  it('copes with an index entry written without a wrapper record, judging it by its pid', async () => {
+    const env = await testEnv({
+      JIT_BROKER_URL: broker.url,
+      JIT_TOKEN: broker.token,
+      JIT_CONFIG_DIR: await mkdtemp(path.join(scratch, 'old-')),
+    });
+    const dead = await indexed(env, { pid: 999_999, host: os.hostname(), bootId: '', startTicks: 0 });
+    const file = indexFile(env);
+    const index = JSON.parse(await readFile(file, 'utf8')) as { grants: Record<string, Partial<LocalGrant>> };
+    delete index.grants[dead]?.wrapper;
+    await writeFile(file, JSON.stringify(index));
+
+    const result = await jit(['grants'], { env });
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'No live grants on this machine.\n');
+    assert.equal(await stateOf(dead), 'revoked');
+  });
 });
 
 describe('malformed names are refused before anything happens', () => {

@@ -43,6 +43,16 @@ describe('broker.yaml', () => {
       initialConfigYaml('user:admin').replace('heartbeatTimeout: 30s', 'heartbeatTimeout: 30'),
       /broker\.yaml:\d+: grants\.heartbeatTimeout: a duration needs a unit/,
     ],
+    [
+      'a missing maxTtl',
+      initialConfigYaml('user:admin').replace('      maxTtl: 8h\n', ''),
+      /broker\.yaml:\d+: policy\.rules\.0\.maxTtl: required/,
+    ],
+    [
+      'a pattern with ..',
+      initialConfigYaml('user:admin').replace('"datasets/**"', '"datasets/../secrets"'),
+      /broker\.yaml:\d+: policy\.rules\.0\.scopes\.0: path segments "\." and "\.\." are not allowed/,
+    ],
     ['a YAML syntax error', 'version: 1\nresources: [oops\n', /broker\.yaml:\d+: /],
   ];
   for (const [what, text, expected] of broken) {

@@ -1,4 +1,4 @@
-import { processAlive } from '../../client/release.ts';
+import { wrapperGone } from '../../client/release.ts';
 import type { CommandDefinition } from '../command.ts';
 import { renderTable } from '../table.ts';
 
@@ -8,7 +8,7 @@ export const grants: CommandDefinition = {
   async handler(_input, ctx) {
     const rows = ctx.config.grants().map((grant) => ({
       ...grant,
-      wrapperAlive: processAlive(grant.pid),
+      wrapperAlive: !wrapperGone(grant),
     }));
     if (rows.length === 0) return { data: { grants: [] }, human: 'No live grants on this machine.' };
     const table = [
