@@ -12,7 +12,7 @@ import { SqliteStore } from './store/sqlite.ts';
 export const CONFIG_FILE = 'broker.yaml';
 export const DATABASE_FILE = 'broker.db';
 
-export type RunningBroker = { url: string; app: FastifyInstance; grants: GrantService; close(): Promise<void> };
+export type RunningBroker = { url: string; config: BrokerConfig; app: FastifyInstance; grants: GrantService; close(): Promise<void> };
 
 const systemClock: Clock = { now: () => Date.now() };
 
@@ -100,6 +100,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   let closing: Promise<void> | undefined;
   return {
     url,
+    config,
     app,
     grants,
     close: () => {

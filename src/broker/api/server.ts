@@ -1,28 +1,20 @@
+import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { JitError, UsageError } from '../../core/errors.ts';
-import { GRANT_ID } from '../../core/grant.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
+import { openApiDocument } from './openapi.ts';
+import { grantIdParams, grantRequestSchema } from './schemas.ts';
 
 export const API_VERSION = 'v1';
 
-const grantRequestSchema = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['scopes'],
-  properties: {
-    scopes: { type: 'array', minItems: 1, maxItems: 32, items: { type: 'string', minLength: 1, maxLength: 512 } },
-    ttlSeconds: { type: 'integer', minimum: 1 },
-    reason: { type: 'string', maxLength: 500 },
-  },
-} as const;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-const idParams = {
-  type: 'object',
-  required: ['id'],
-  properties: { id: { type: 'string', pattern: GRANT_ID.source } },
-} as const;
+/** The one error body of the API: { error: { code, message, hint?, requestId } }. */
+function sendError(request: FastifyRequest, reply: FastifyReply, status: number, error: { code: string; message: string; hint?: string }) {
+  return reply.status(status).send({ error: { ...error, requestId: request.id } });
+}
 
 function bearer(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
@@ -30,44 +22,71 @@ function bearer(request: FastifyRequest): string | undefined {
 }
 
 /** The control API (/v1) and the files data plane, on one Fastify instance. docs/api.md lists it. */
-export function buildApi(options: { config: BrokerConfig; grants: GrantService; version: string }): FastifyInstance {
+export function buildApi(options: {
+  config: BrokerConfig;
+  grants: GrantService;
+  version: string;
+  /** Told of every route as it is registered (the OpenAPI test compares them with the document). */
+  onRoute?: (route: { method: string; url: string }) => void;
+}): FastifyInstance {
   const { config, grants } = options;
   const app = Fastify({
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     bodyLimit: 64 * 1024,
+    // Every request has an id: the caller's x-request-id when it is a sane token, else a new one.
+    // It comes back as x-request-id and in error bodies, to find the request in the broker log.
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
     // Errors Fastify raises before routing (a malformed percent-encoding, say) get jit's body too.
-    frameworkErrors: (error, _request, reply: FastifyReply) => {
-      reply
-        .status(error.statusCode ?? 400)
-        .send({ error: { code: 'invalid_request', message: error.message, hint: 'check the request URL' } });
+    frameworkErrors: (error, request, reply: FastifyReply) => {
+      sendError(request, reply, error.statusCode ?? 400, {
+        code: 'invalid_request',
+        message: error.message,
+        hint: 'check the request URL',
+      });
     },
   });
+  const { onRoute } = options;
+  if (onRoute) {
+    app.addHook('onRoute', (route) => {
+      for (const method of [route.method].flat()) if (method !== 'HEAD') onRoute({ method, url: route.url });
+    });
+  }
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
 
-  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) => {
-    if (error instanceof JitError) return reply.status(error.httpStatus).send({ error: error.toJSON() });
+  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
+    if (error instanceof JitError) return sendError(request, reply, error.httpStatus, error.toJSON());
     if (error.validation) {
-      return reply
-        .status(400)
-        .send({ error: { code: 'invalid_request', message: error.message, hint: 'see docs/api.md for the request format' } });
+      return sendError(request, reply, 400, {
+        code: 'invalid_request',
+        message: error.message,
+        hint: 'see docs/api.md for the request format',
+      });
     }
     if (error.statusCode && error.statusCode < 500) {
-      return reply.status(error.statusCode).send({ error: { code: 'invalid_request', message: error.message } });
+      return sendError(request, reply, error.statusCode, { code: 'invalid_request', message: error.message });
     }
-    process.stderr.write(`jit broker: unexpected error: ${error.stack ?? error.message}\n`);
-    return reply
-      .status(500)
-      .send({ error: { code: 'internal', message: 'the broker hit an unexpected error', hint: 'see the broker log' } });
+    process.stderr.write(`jit broker: unexpected error in request ${request.id}: ${error.stack ?? error.message}\n`);
+    return sendError(request, reply, 500, { code: 'internal', message: 'the broker hit an unexpected error', hint: 'see the broker log' });
   });
   app.setNotFoundHandler((request, reply) =>
-    reply
-      .status(404)
-      .send({ error: { code: 'no_route', message: `no route ${request.method} ${request.url.split('?')[0]}`, hint: 'see docs/api.md' } }),
+    sendError(request, reply, 404, {
+      code: 'no_route',
+      message: `no route ${request.method} ${request.url.split('?')[0]}`,
+      hint: 'see docs/api.md',
+    }),
   );
 
   const principal = (request: FastifyRequest) => grants.authenticate(bearer(request));
 
   app.get('/v1/health', async () => ({ status: 'ok', version: options.version }));
+  const document = openApiDocument(options.version);
+  app.get('/v1/openapi.json', async () => document);
   app.get('/v1/whoami', async (request) => ({ subject: await principal(request) }));
 
   app.post('/v1/grants', { schema: { body: grantRequestSchema } }, async (request, reply) => {
@@ -76,13 +95,13 @@ export function buildApi(options: { config: BrokerConfig; grants: GrantService; 
     return reply.status(201).send(issued);
   });
   app.get('/v1/grants', async (request) => ({ grants: await grants.list(await principal(request)) }));
-  app.get('/v1/grants/:id', { schema: { params: idParams } }, async (request) =>
+  app.get('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) =>
     grants.get(await principal(request), (request.params as { id: string }).id),
   );
-  app.post('/v1/grants/:id/heartbeat', { schema: { params: idParams } }, async (request) =>
+  app.post('/v1/grants/:id/heartbeat', { schema: { params: grantIdParams } }, async (request) =>
     grants.heartbeat(await principal(request), (request.params as { id: string }).id),
   );
-  app.delete('/v1/grants/:id', { schema: { params: idParams } }, async (request) =>
+  app.delete('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) =>
     grants.revoke(await principal(request), (request.params as { id: string }).id),
   );
 

@@ -1,0 +1,127 @@
+import { errorSchema, grantIdParams, grantRequestSchema, grantViewSchema, issuedGrantSchema, receiptSchema } from './schemas.ts';
+
+const json = (schema: unknown) => ({ content: { 'application/json': { schema } } });
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const errors = (...statuses: number[]) =>
+  Object.fromEntries(statuses.map((status) => [String(status), { description: ERROR_MEANINGS[status] ?? 'error', ...json(ref('Error')) }]));
+
+const ERROR_MEANINGS: Record<number, string> = {
+  400: 'invalid request: bad body, scope, resource, action or TTL',
+  401: 'no valid token (API token on control routes, grant credential on /v1/files)',
+  403: 'denied by policy, or outside the grant',
+  404: 'no such grant (for this principal) or file',
+  409: 'the grant has ended',
+};
+
+const grantId = [{ name: 'id', in: 'path', required: true, schema: grantIdParams.properties.id }];
+const apiToken = [{ apiToken: [] }];
+
+/**
+ * The OpenAPI 3.1 document of the broker's /v1 API, served at GET /v1/openapi.json and kept in
+ * docs/openapi.json (`jit broker openapi`). test/integration/openapi.test.ts fails when the routes
+ * the broker registers and the paths here disagree.
+ */
+export function openApiDocument(version: string) {
+  return {
+    openapi: '3.1.0',
+    info: { title: 'jit broker API', version, description: 'Just-in-time grants for AI workloads. Reference: docs/api.md.' },
+    components: {
+      securitySchemes: {
+        apiToken: { type: 'http', scheme: 'bearer', description: 'a principal API token (jit_...)' },
+        grantCredential: { type: 'http', scheme: 'bearer', description: 'a grant credential (jitc_...), as `jit run` gives a job' },
+      },
+      schemas: {
+        GrantRequest: grantRequestSchema,
+        Grant: grantViewSchema,
+        IssuedGrant: issuedGrantSchema,
+        Receipt: receiptSchema,
+        Error: errorSchema,
+      },
+    },
+    paths: {
+      '/v1/health': {
+        get: {
+          summary: 'liveness and version',
+          security: [],
+          responses: {
+            '200': { description: 'up', ...json({ type: 'object', properties: { status: { const: 'ok' }, version: { type: 'string' } } }) },
+          },
+        },
+      },
+      '/v1/openapi.json': {
+        get: {
+          summary: 'this document',
+          security: [],
+          responses: { '200': { description: 'the OpenAPI document', ...json({ type: 'object' }) } },
+        },
+      },
+      '/v1/whoami': {
+        get: {
+          summary: 'the principal behind the token',
+          security: apiToken,
+          responses: {
+            '200': { description: 'the subject', ...json({ type: 'object', properties: { subject: { type: 'string' } } }) },
+            ...errors(401),
+          },
+        },
+      },
+      '/v1/grants': {
+        post: {
+          summary: 'request a grant; policy decides',
+          security: apiToken,
+          requestBody: { required: true, ...json(ref('GrantRequest')) },
+          responses: { '201': { description: 'issued', ...json(ref('IssuedGrant')) }, ...errors(400, 401, 403) },
+        },
+        get: {
+          summary: "the caller's grants, newest first",
+          security: apiToken,
+          responses: {
+            '200': { description: 'grants', ...json({ type: 'object', properties: { grants: { type: 'array', items: ref('Grant') } } }) },
+            ...errors(401),
+          },
+        },
+      },
+      '/v1/grants/{id}': {
+        get: {
+          summary: 'one grant',
+          security: apiToken,
+          parameters: grantId,
+          responses: { '200': { description: 'the grant', ...json(ref('Grant')) }, ...errors(400, 401, 404) },
+        },
+        delete: {
+          summary: 'revoke now (idempotent); returns a receipt',
+          security: apiToken,
+          parameters: grantId,
+          responses: { '200': { description: 'receipt', ...json(ref('Receipt')) }, ...errors(400, 401, 404) },
+        },
+      },
+      '/v1/grants/{id}/heartbeat': {
+        post: {
+          summary: "keep a grant's holder alive",
+          security: apiToken,
+          parameters: grantId,
+          responses: { '200': { description: 'the grant, new deadline', ...json(ref('Grant')) }, ...errors(400, 401, 404, 409) },
+        },
+      },
+      '/v1/files/{path}': {
+        get: {
+          summary: 'read a file, or list a directory, under the granted prefix',
+          security: [{ grantCredential: [] }],
+          parameters: [
+            { name: 'path', in: 'path', required: true, schema: { type: 'string' }, description: 'RESOURCE/PATH; may contain "/"' },
+          ],
+          responses: {
+            '200': {
+              description: 'the file (octet-stream) or a directory listing (JSON)',
+              content: {
+                'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+                'application/json': { schema: { type: 'object' } },
+              },
+            },
+            ...errors(400, 401, 403, 404),
+          },
+        },
+      },
+    },
+  };
+}
