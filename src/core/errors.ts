@@ -97,6 +97,8 @@ export function errorFromHttp(status: number, body: { code?: string; message?: s
       return new NotFoundError(message, options);
     case 409:
       return new ConflictError(message, options);
+    case 429:
+      return new JitError(message, ExitCode.auth, 429, body?.code ?? 'rate_limited', options);
     default:
       return new JitError(
         message,

@@ -247,3 +247,24 @@ describe('revocation on the data plane', () => {
     assert.ok(received.bytes < 32 << 20, `${received.bytes} bytes arrived of ${32 << 20}`);
   });
 });
+
+describe('failed authentication', () => {
+  let broker: TestBroker;
+  before(async () => {
+    broker = await startTestBroker();
+  });
+  after(() => broker.cleanup());
+
+  it('is rate-limited per source: after 20 failures in a minute, 429 with retry-after', async () => {
+    for (let attempt = 0; attempt < 20; attempt++) assert.equal((await api(broker, 'jit_guess', 'GET', 'whoami')).status, 401);
+    const limited = await fetch(`${broker.url}/v1/whoami`, { headers: { authorization: 'Bearer jit_guess' } });
+    assert.equal(limited.status, 429);
+    assert.match(limited.headers.get('retry-after') ?? '', /^\d+$/);
+    assert.equal(((await limited.json()) as ErrorBody).error.code, 'rate_limited');
+    assert.equal(
+      (await readGranted(broker.url, 'jitc_guess', 'datasets/train/shard-0000.jsonl')).status,
+      429,
+      'the data plane shares the budget',
+    );
+  });
+});

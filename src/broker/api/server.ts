@@ -4,6 +4,7 @@ import { JitError, UsageError } from '../../core/errors.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
+import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
 import { grantIdParams, grantRequestSchema } from './schemas.ts';
 
@@ -26,6 +27,8 @@ export function buildApi(options: {
   config: BrokerConfig;
   grants: GrantService;
   version: string;
+  /** Failed-authentication budget per source address (default 20 a minute). */
+  authFailures?: { limit?: number; windowMs?: number };
   /** Told of every route as it is registered (the OpenAPI test compares them with the document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }): FastifyInstance {
@@ -60,6 +63,7 @@ export function buildApi(options: {
   });
 
   app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
+    if (error instanceof RateLimitedError) reply.header('retry-after', String(error.retryAfterSeconds));
     if (error instanceof JitError) return sendError(request, reply, error.httpStatus, error.toJSON());
     if (error.validation) {
       return sendError(request, reply, 400, {
@@ -82,7 +86,18 @@ export function buildApi(options: {
     }),
   );
 
-  const principal = (request: FastifyRequest) => grants.authenticate(bearer(request));
+  const limiter = new AuthFailureLimiter(options.authFailures);
+  /** Runs one authentication, refusing sources over their failure budget and counting failures. */
+  const guarded = async <T>(request: FastifyRequest, authenticate: () => Promise<T>): Promise<T> => {
+    limiter.check(request.ip);
+    try {
+      return await authenticate();
+    } catch (error) {
+      if (error instanceof JitError && error.httpStatus === 401) limiter.recordFailure(request.ip);
+      throw error;
+    }
+  };
+  const principal = (request: FastifyRequest) => guarded(request, () => grants.authenticate(bearer(request)));
 
   app.get('/v1/health', async () => ({ status: 'ok', version: options.version }));
   const document = openApiDocument(options.version);
@@ -108,7 +123,7 @@ export function buildApi(options: {
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
 
   async function serveFile(request: FastifyRequest, reply: FastifyReply) {
-    const { grant, scopes } = await grants.usableGrant(bearer(request));
+    const { grant, scopes } = await guarded(request, () => grants.usableGrant(bearer(request)));
     const rawPath = (request.raw.url ?? '').split('?')[0]?.slice('/v1/files/'.length) ?? '';
     const access: Record<string, unknown> = { path: rawPath };
     try {
