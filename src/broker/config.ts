@@ -10,13 +10,29 @@ import { FILES_ACTIONS } from './providers/files.ts';
 export type FilesResource = { kind: 'files'; root: string };
 export type Resource = FilesResource;
 
+/** Who must approve before a grant is issued (docs/policy.md#approval). */
+export type Approval = { required: boolean; approvers: string[]; count: number };
+
+/** An allow rule. `subjects` and `claims` may each be empty, never both. */
 export type PolicyRule = {
   name: string;
   subjects: string[];
+  claims: Record<string, string>;
   scopes: string[];
   actions: string[];
   defaultTtlSeconds: number;
   maxTtlSeconds: number;
+  approval?: Approval;
+};
+
+/** A deny rule: wins over any allow. Empty `actions` means every action. */
+export type DenyRule = {
+  name: string;
+  subjects: string[];
+  claims: Record<string, string>;
+  scopes: string[];
+  actions: string[];
+  reason: string;
 };
 
 export type BrokerConfig = {
@@ -27,6 +43,9 @@ export type BrokerConfig = {
   sweepIntervalSeconds: number;
   resources: Record<string, Resource>;
   rules: PolicyRule[];
+  deny: DenyRule[];
+  /** policy.groups: group name -> member subjects. */
+  groups: Record<string, string[]>;
 };
 
 const duration = z
@@ -41,6 +60,24 @@ const duration = z
   });
 
 const PATTERN = /^[a-z][a-z0-9_-]{0,62}(\/[A-Za-z0-9._=@+*-]+)*$/;
+
+const scopePatterns = z
+  .array(
+    z
+      .string()
+      .regex(PATTERN, 'a scope pattern is RESOURCE[/PATH], where path segments may use * and **')
+      .refine(
+        (pattern) => !pattern.split('/').some((segment) => segment === '.' || segment === '..'),
+        'path segments "." and ".." are not allowed',
+      ),
+  )
+  .min(1);
+
+const subjectList = z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME'));
+
+const claimMatches = z.record(z.string().min(1), z.string().min(1, 'a claim pattern is a non-empty string (globs: *, **)')).default({});
+
+const GROUP_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
 
 const schema = z
   .strictObject({
@@ -60,51 +97,129 @@ const schema = z
       z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
     ),
     policy: z.strictObject({
+      groups: z
+        .record(
+          z.string().regex(GROUP_NAME, 'a group name is 1-64 letters, digits, ".", "_", "@" or "-"'),
+          z.array(z.string().regex(/^user:.+$/, 'a group member is user:NAME (groups do not nest)')),
+        )
+        .default({}),
       rules: z.array(
         z.strictObject({
           name: z.string().min(1),
-          subjects: z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME')).min(1),
-          scopes: z
-            .array(
-              z
-                .string()
-                .regex(PATTERN, 'a scope pattern is RESOURCE[/PATH], where path segments may use * and **')
-                .refine(
-                  (pattern) => !pattern.split('/').some((segment) => segment === '.' || segment === '..'),
-                  'path segments "." and ".." are not allowed',
-                ),
-            )
-            .min(1),
+          subjects: subjectList.default([]),
+          claims: claimMatches,
+          scopes: scopePatterns,
           actions: z.array(z.string().min(1)).default(['read']),
           defaultTtl: duration.default(3600),
           maxTtl: duration,
+          approval: z
+            .strictObject({
+              required: z.boolean().default(true),
+              approvers: subjectList.default([]),
+              count: z.number().int().min(1).default(1),
+            })
+            .optional(),
         }),
       ),
+      deny: z
+        .array(
+          z.strictObject({
+            name: z.string().min(1),
+            subjects: subjectList.default([]),
+            claims: claimMatches,
+            scopes: scopePatterns,
+            actions: z.array(z.string().min(1)).default([]),
+            reason: z.string().min(1),
+          }),
+        )
+        .default([]),
     }),
   })
   .superRefine((config, context) => {
     const known = Object.keys(config.resources);
-    config.policy.rules.forEach((rule, ruleIndex) => {
+    const groups = config.policy.groups;
+    const issue = (path: (string | number)[], message: string) => context.addIssue({ code: 'custom', path: ['policy', ...path], message });
+    const checkSubjects = (subjects: string[], at: (string | number)[]) =>
+      subjects.forEach((subject, index) => {
+        const group = subject.startsWith('group:') ? subject.slice('group:'.length) : undefined;
+        if (group !== undefined && !(group in groups)) {
+          const declared = Object.keys(groups);
+          issue(
+            [...at, index],
+            `unknown group "${group}" (declare it under policy.groups${declared.length ? `; known: ${declared.join(', ')}` : ''})`,
+          );
+        }
+      });
+    const checkRule = (
+      rule: { subjects: string[]; claims: Record<string, string>; scopes: string[]; actions: string[] },
+      at: (string | number)[],
+    ) => {
+      if (rule.subjects.length === 0 && Object.keys(rule.claims).length === 0) {
+        issue([...at, 'subjects'], 'a rule needs subjects, claims, or both');
+      }
+      checkSubjects(rule.subjects, [...at, 'subjects']);
       rule.scopes.forEach((pattern, patternIndex) => {
         const resource = pattern.split('/')[0] ?? '';
         if (!known.includes(resource)) {
-          context.addIssue({
-            code: 'custom',
-            path: ['policy', 'rules', ruleIndex, 'scopes', patternIndex],
-            message: `unknown resource "${resource}" (declare it under resources, or use one of: ${known.join(', ')})`,
-          });
+          issue(
+            [...at, 'scopes', patternIndex],
+            `unknown resource "${resource}" (declare it under resources, or use one of: ${known.join(', ')})`,
+          );
         }
       });
       const unknownAction = rule.actions.find((action) => !(FILES_ACTIONS as readonly string[]).includes(action));
       if (unknownAction !== undefined) {
-        context.addIssue({
-          code: 'custom',
-          path: ['policy', 'rules', ruleIndex, 'actions'],
-          message: `action "${unknownAction}" does not apply to files resources (they have: ${FILES_ACTIONS.join(', ')})`,
-        });
+        issue([...at, 'actions'], `action "${unknownAction}" does not apply to files resources (they have: ${FILES_ACTIONS.join(', ')})`);
       }
+    };
+    const seen = new Map<string, string>();
+    const checkName = (name: string, at: (string | number)[]) => {
+      const first = seen.get(name);
+      if (first !== undefined)
+        issue([...at, 'name'], `duplicate rule name "${name}" (also ${first}); each decision names its rule, so names are unique`);
+      else seen.set(name, `policy.${at.join('.')}`);
+    };
+    config.policy.rules.forEach((rule, ruleIndex) => {
+      checkName(rule.name, ['rules', ruleIndex]);
+      checkRule(rule, ['rules', ruleIndex]);
+      if (rule.approval?.required)
+        checkApproval(rule, groups, (path, message) => issue(['rules', ruleIndex, 'approval', ...path], message), checkSubjects, ruleIndex);
+    });
+    config.policy.deny.forEach((rule, ruleIndex) => {
+      checkName(rule.name, ['deny', ruleIndex]);
+      checkRule(rule, ['deny', ruleIndex]);
     });
   });
+
+/**
+ * An approval rule must be satisfiable: at least `count` distinct approvers besides the requester
+ * (no self-approval). Requesters named by subjects are known; a claims-only rule's requester is a
+ * CI identity, never an approver.
+ */
+function checkApproval(
+  rule: { subjects: string[]; approval?: { approvers: string[]; count: number } },
+  groups: Record<string, string[]>,
+  issue: (path: (string | number)[], message: string) => void,
+  checkSubjects: (subjects: string[], at: (string | number)[]) => void,
+  ruleIndex: number,
+): void {
+  const approval = rule.approval;
+  if (!approval) return;
+  if (approval.approvers.length === 0) {
+    issue(['approvers'], 'an approval rule needs approvers (user:NAME or group:NAME)');
+    return;
+  }
+  checkSubjects(approval.approvers, ['rules', ruleIndex, 'approval', 'approvers']);
+  const expand = (subjects: string[]) =>
+    new Set(subjects.flatMap((subject) => (subject.startsWith('group:') ? (groups[subject.slice('group:'.length)] ?? []) : [subject])));
+  const approvers = expand(approval.approvers);
+  const requesters = [...expand(rule.subjects)];
+  const fewest = Math.min(approvers.size, ...requesters.map((requester) => approvers.size - (approvers.has(requester) ? 1 : 0)));
+  if (approval.count > fewest) {
+    const whose = fewest < approvers.size ? ' besides the requester (no self-approval)' : '';
+    issue(['count'], `count ${approval.count} is more than the ${fewest} distinct approver(s) who could approve${whose}`);
+  }
+}
 
 export async function loadBrokerConfig(file: string): Promise<BrokerConfig> {
   const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
@@ -139,13 +254,15 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
   }
   const config = parsed.data;
   const dir = path.dirname(path.resolve(file));
-  const rules = config.policy.rules.map((rule) => ({
+  const rules: PolicyRule[] = config.policy.rules.map((rule) => ({
     name: rule.name,
     subjects: rule.subjects,
+    claims: rule.claims,
     scopes: rule.scopes,
     actions: rule.actions,
     defaultTtlSeconds: Math.min(rule.defaultTtl, rule.maxTtl),
     maxTtlSeconds: rule.maxTtl,
+    ...(rule.approval?.required ? { approval: { required: true, approvers: rule.approval.approvers, count: rule.approval.count } } : {}),
   }));
   return {
     dir,
@@ -156,6 +273,8 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
       Object.entries(config.resources).map(([name, resource]) => [name, { kind: resource.kind, root: path.resolve(dir, resource.root) }]),
     ),
     rules,
+    deny: config.policy.deny,
+    groups: config.policy.groups,
   };
 }
 
@@ -185,5 +304,24 @@ policy:
       actions: [read]
       defaultTtl: 1h
       maxTtl: 8h
+    # An allow rule whose grants wait for two data owners (never the requester). To try it,
+    # uncomment it and the groups below; docs/policy.md explains every key.
+    # - name: ml-team-eval
+    #   subjects: ["group:ml-team"]
+    #   scopes: ["datasets/eval/**"]
+    #   maxTtl: 2h
+    #   approval: { required: true, approvers: ["group:data-owners"], count: 2 }
+
+  # Named groups of subjects, for rules, deny rules and approvers.
+  # groups:
+  #   ml-team: ["user:ana", "user:bo"]
+  #   data-owners: ["user:olga", "user:pat"]
+
+  # Deny rules win over any allow rule.
+  # deny:
+  #   - name: no-pii
+  #     subjects: ["group:ml-team"]
+  #     scopes: ["datasets/pii/**"]
+  #     reason: PII needs a signed data processing agreement
 `;
 }

@@ -2,25 +2,16 @@
 // written to docs/benchmarks.md. Sized for a shared two-core machine: a few dozen runs each,
 // medians and 95th percentiles rather than single timings.
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { openSecretStore } from '../../src/secrets/store.ts';
 import { api, readGranted, startTestBroker } from '../helpers/broker.ts';
-import { BIN, ROOT, testEnv } from '../helpers/cli.ts';
+import { BIN, testEnv } from '../helpers/cli.ts';
+import { machineLine, ms, type Stats, stats, writeSection } from './report.ts';
 
 const PROCESS_RUNS = Number(process.env.JIT_BENCH_PROCESS_RUNS ?? 15);
 const HTTP_RUNS = Number(process.env.JIT_BENCH_HTTP_RUNS ?? 300);
-
-type Stats = { median: number; p95: number };
-
-function stats(samples: number[]): Stats {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
-  return { median: at(0.5), p95: at(0.95) };
-}
 
 /** Runs a command to completion; async, because the broker under test lives in this process. */
 function runOnce(command: string, args: string[], env: NodeJS.ProcessEnv): Promise<void> {
@@ -49,8 +40,6 @@ async function timeAsync(runs: number, step: () => Promise<void>): Promise<Stats
   }
   return stats(samples);
 }
-
-const ms = (value: number) => `${value.toFixed(1)} ms`;
 
 const broker = await startTestBroker({ files: { 'train/blob.bin': Buffer.alloc(1 << 20, 7).toString('latin1') } });
 try {
@@ -95,16 +84,10 @@ try {
     ([what, baseline, measured, baselineName]) =>
       `| ${what} | ${baselineName}: ${ms(baseline.median)} | ${ms(measured.median)} (p95 ${ms(measured.p95)}) | +${ms(measured.median - baseline.median)} |`,
   );
-  const report = `# Benchmarks
+  const report = `## The CLI and one broker (\`npm run bench\`)
 
-Written by \`npm run bench\` (test/bench/run.ts); every figure is a median over repeated runs, next
-to a baseline measured in the same run on the same machine, so the difference is what jit adds.
-The machine is shared and noisy: compare rows of one run, not runs of different days.
-
-- Measured: ${new Date().toISOString()}
-- Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.release()}
-- Node: ${process.version}; keychain backend: ${keychain.backend}
-- Runs: ${PROCESS_RUNS} per command (after one warm-up), ${HTTP_RUNS} per HTTP call (${HTTP_RUNS / 3} for file reads)
+${machineLine()} Keychain backend: ${keychain.backend}. Runs: ${PROCESS_RUNS} per command (after
+one warm-up), ${HTTP_RUNS} per HTTP call (${HTTP_RUNS / 3} for file reads); medians.
 
 | what | baseline | with jit (median) | added |
 | --- | --- | --- | --- |
@@ -113,7 +96,7 @@ ${table.join('\n')}
 Reproduce: \`npm run bench\` (inside a D-Bus session with gnome-keyring for the keychain backend;
 \`JIT_BENCH_PROCESS_RUNS\` and \`JIT_BENCH_HTTP_RUNS\` change the counts).
 `;
-  await writeFile(path.join(ROOT, 'docs', 'benchmarks.md'), report);
+  await writeSection('cli', report);
   process.stdout.write(report);
 } finally {
   await broker.cleanup();

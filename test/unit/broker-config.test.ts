@@ -82,3 +82,157 @@ describe('broker.yaml', () => {
     );
   });
 });
+
+describe('broker.yaml policy: groups, claims, approval, deny', () => {
+  /** The commented examples `jit broker init` writes, uncommented as an admin would. */
+  const uncommented = (yaml: string) => yaml.replace(/^(\s*)# (?=\s*(- |[A-Za-z-]+:))/gm, '$1');
+
+  it('the commented examples in the initial file are a valid policy once uncommented', () => {
+    const plain = parseBrokerConfig(initialConfigYaml('user:admin'), '/srv/jit/broker.yaml');
+    assert.deepEqual([plain.rules.length, plain.deny.length, plain.groups], [1, 0, {}], 'commented out: behaviour unchanged');
+    const config = parseBrokerConfig(uncommented(initialConfigYaml('user:admin')), '/srv/jit/broker.yaml');
+    assert.deepEqual(config.groups, { 'ml-team': ['user:ana', 'user:bo'], 'data-owners': ['user:olga', 'user:pat'] });
+    assert.deepEqual(config.rules[1]?.approval, { required: true, approvers: ['group:data-owners'], count: 2 });
+    assert.deepEqual(config.deny[0]?.scopes, ['datasets/pii/**']);
+    assert.deepEqual(config.deny[0]?.actions, [], 'a deny rule without actions refuses every action');
+  });
+
+  const base = `version: 1
+resources:
+  datasets:
+    kind: files
+    root: data
+policy:
+  groups:
+    ml-team: ["user:ana", "user:bo"]
+    owners: ["user:olga", "user:ana"]
+  rules:
+    - name: ml
+      subjects: ["group:ml-team"]
+      scopes: ["datasets/train/**"]
+      maxTtl: 2h
+      approval: { required: true, approvers: ["group:owners"], count: 1 }
+    - name: ci
+      claims: { iss: "https://token.actions.githubusercontent.com", repository: "acme/*" }
+      scopes: ["datasets/eval/**"]
+      maxTtl: 1h
+  deny:
+    - name: no-pii
+      subjects: ["group:ml-team"]
+      scopes: ["datasets/pii/**"]
+      reason: PII needs a DPA
+`;
+  it('parses groups, claims, approval and deny rules', () => {
+    const config = parseBrokerConfig(base, '/srv/jit/broker.yaml');
+    assert.deepEqual(config.rules[1]?.claims, { iss: 'https://token.actions.githubusercontent.com', repository: 'acme/*' });
+    assert.deepEqual(config.rules[1]?.subjects, []);
+    assert.equal(config.rules[1]?.approval, undefined);
+    assert.deepEqual(config.deny[0]?.reason, 'PII needs a DPA');
+  });
+
+  const broken: [string, string, string, RegExp][] = [
+    [
+      'an unknown group in a rule',
+      base.replace(
+        'subjects: ["group:ml-team"]\n      scopes: ["datasets/train',
+        'subjects: ["group:ml-teem"]\n      scopes: ["datasets/train',
+      ),
+      'subjects: ["group:ml-teem"]',
+      /policy\.rules\.0\.subjects\.0: unknown group "ml-teem" \(declare it under policy\.groups; known: ml-team, owners\)/,
+    ],
+    [
+      'an unknown group among approvers',
+      base.replace('approvers: ["group:owners"]', 'approvers: ["group:ownerz"]'),
+      'approvers: ["group:ownerz"]',
+      /policy\.rules\.0\.approval\.approvers\.0: unknown group "ownerz"/,
+    ],
+    [
+      'an unknown group in a deny rule',
+      base.replace(
+        'subjects: ["group:ml-team"]\n      scopes: ["datasets/pii',
+        'subjects: ["group:interns"]\n      scopes: ["datasets/pii',
+      ),
+      'subjects: ["group:interns"]',
+      /policy\.deny\.0\.subjects\.0: unknown group "interns"/,
+    ],
+    [
+      'a count no approver set can meet without self-approval',
+      base.replace('count: 1 }', 'count: 2 }'),
+      'count: 2 }',
+      /policy\.rules\.0\.approval\.count: count 2 is more than the 1 distinct approver\(s\) who could approve besides the requester \(no self-approval\)/,
+    ],
+    [
+      'approval without approvers',
+      base.replace('approvers: ["group:owners"], ', ''),
+      'approval: { required: true, count: 1 }',
+      /policy\.rules\.0\.approval\.approvers: an approval rule needs approvers/,
+    ],
+    ['a count of zero', base.replace('count: 1 }', 'count: 0 }'), 'count: 0 }', /policy\.rules\.0\.approval\.count: /],
+    [
+      'duplicate rule names, across allow and deny',
+      base.replace('- name: no-pii', '- name: ml'),
+      '- name: ml\n      subjects: ["group:ml-team"]\n      scopes: ["datasets/pii',
+      /policy\.deny\.0\.name: duplicate rule name "ml" \(also policy\.rules\.0\)/,
+    ],
+    [
+      'a deny rule on an unknown resource',
+      base.replace('"datasets/pii/**"', '"models/pii/**"'),
+      '"models/pii/**"',
+      /policy\.deny\.0\.scopes\.0: unknown resource "models"/,
+    ],
+    [
+      'a bad pattern in a deny rule',
+      base.replace('"datasets/pii/**"', '"datasets/p ii"'),
+      '"datasets/p ii"',
+      /policy\.deny\.0\.scopes\.0: a scope pattern is RESOURCE\[\/PATH\]/,
+    ],
+    ['a deny rule without a reason', base.replace('      reason: PII needs a DPA\n', ''), '- name: no-pii', /policy\.deny\.0\.reason: /],
+    [
+      'a rule with neither subjects nor claims',
+      base.replace('      claims: { iss: "https://token.actions.githubusercontent.com", repository: "acme/*" }\n', ''),
+      '- name: ci',
+      /policy\.rules\.1\.subjects: a rule needs subjects, claims, or both/,
+    ],
+    [
+      'a group member that is a group',
+      base.replace('owners: ["user:olga", "user:ana"]', 'owners: ["user:olga", "group:ml-team"]'),
+      'owners: [',
+      /policy\.groups\.owners\.1: a group member is user:NAME \(groups do not nest\)/,
+    ],
+    [
+      'a claim with an empty pattern',
+      base.replace('repository: "acme/*"', 'repository: ""'),
+      'repository: ""',
+      /policy\.rules\.1\.claims\.repository: a claim pattern is a non-empty string/,
+    ],
+    [
+      'an unknown key in an approval',
+      base.replace('count: 1 }', 'count: 1, quorum: 2 }'),
+      'quorum',
+      /policy\.rules\.0\.approval: .*quorum/,
+    ],
+  ];
+  for (const [what, text, lineMarker, expected] of broken) {
+    it(`names the file, line and key for ${what}`, () => {
+      const line = text.slice(0, text.indexOf(lineMarker)).split('\n').length;
+      assert.ok(text.includes(lineMarker), `the test's marker is in the text: ${lineMarker}`);
+      assert.throws(
+        () => parseBrokerConfig(text, '/srv/jit/broker.yaml'),
+        (error: Error & { exitCode?: number }) => {
+          assert.match(error.message, expected);
+          assert.ok(error.message.startsWith(`/srv/jit/broker.yaml:${line}: `), `${error.message} names line ${line}`);
+          assert.equal(error.exitCode, 2);
+          return true;
+        },
+      );
+    });
+  }
+
+  it('counts a requester-free approver set in full when no requester can approve', () => {
+    const config = parseBrokerConfig(
+      base.replace('owners: ["user:olga", "user:ana"]', 'owners: ["user:olga", "user:pat"]').replace('count: 1 }', 'count: 2 }'),
+      'b.yaml',
+    );
+    assert.equal(config.rules[0]?.approval?.count, 2);
+  });
+});

@@ -1,10 +1,10 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import { AuthError, ConflictError, NotFoundError, UsageError } from '../../core/errors.ts';
+import { AuthError, ConflictError, DeniedError, NotFoundError, UsageError } from '../../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { closestName, formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
-import { evaluate } from '../policy/evaluate.ts';
+import { describeApproval, evaluate } from '../policy/evaluate.ts';
 import { FILES_ACTIONS, filesEnv } from '../providers/files.ts';
 import type { BrokerStore, GrantRecord } from '../store/store.ts';
 
@@ -40,7 +40,18 @@ export class GrantService {
 
   async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
     const scopes = request.scopes.map((text) => this.#checkScope(parseScope(text)));
-    const decision = evaluate(this.#config.rules, subject, scopes, request.ttlSeconds);
+    const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
+    if (decision.approval.required) {
+      // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
+      const scopesNeeding = decision.explanation.filter((scope) => scope.approval).map((scope) => scope.scope);
+      throw new DeniedError(
+        `${scopesNeeding.join(', ')} needs approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
+        {
+          code: 'approval_required',
+          hint: 'request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)',
+        },
+      );
+    }
     const now = this.#clock.now();
     const credential = newSecret('jitc');
     const record: GrantRecord = {
@@ -55,14 +66,14 @@ export class GrantService {
       heartbeatDeadline: now + this.#config.heartbeatTimeoutSeconds * 1000,
       endedAt: null,
       endReason: null,
-      decision: JSON.stringify(decision.explanation),
+      decision: JSON.stringify(decision),
     };
     await this.#store.insertGrant(record);
     await this.#audit('grant.issued', record, {
       scopes: record.scopes,
       ttlSeconds: decision.ttlSeconds,
       reason: record.reason,
-      decision: decision.explanation,
+      decision,
     });
     return { ...this.view(record), credential, env: filesEnv(this.#publicUrl(), credential) };
   }
