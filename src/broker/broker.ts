@@ -50,7 +50,7 @@ export async function initBroker(dir: string, admin: string): Promise<{ token: s
 }
 
 /** A resource whose root is missing is a config error at start, not an HTTP 500 at first use. */
-async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
+export async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
   for (const [name, resource] of Object.entries(config.resources)) {
     const isDirectory = await stat(resource.root).then(
       (stats) => stats.isDirectory(),

@@ -1,11 +1,12 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import { AuthError, ConflictError, DeniedError, NotFoundError, UsageError } from '../../core/errors.ts';
+import { AuthError, ConflictError, DeniedError, NotFoundError } from '../../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
-import { closestName, formatScope, parseScope, type Scope } from '../../core/scope.ts';
+import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
 import { describeApproval, evaluate } from '../policy/evaluate.ts';
-import { FILES_ACTIONS, filesEnv } from '../providers/files.ts';
+import { filesEnv } from '../providers/files.ts';
+import { checkScope } from '../resources.ts';
 import type { BrokerStore, GrantRecord } from '../store/store.ts';
 
 export type Clock = { now(): number };
@@ -39,7 +40,7 @@ export class GrantService {
   }
 
   async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
-    const scopes = request.scopes.map((text) => this.#checkScope(parseScope(text)));
+    const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
     const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
     if (decision.approval.required) {
       // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
@@ -193,25 +194,6 @@ export class GrantService {
       endedAt: grant.endedAt === null ? null : iso(grant.endedAt),
       endReason: grant.endReason,
     };
-  }
-
-  #checkScope(scope: Scope): Scope {
-    const resource = this.#config.resources[scope.resource];
-    if (!resource) {
-      const known = Object.keys(this.#config.resources);
-      const nearest = closestName(scope.resource, known);
-      throw new UsageError(`unknown resource "${scope.resource}"`, {
-        code: 'unknown_resource',
-        hint: nearest ? `did you mean "${nearest}"?` : `this broker serves: ${known.join(', ') || 'nothing yet'}`,
-      });
-    }
-    if (!(FILES_ACTIONS as readonly string[]).includes(scope.action)) {
-      throw new UsageError(`action "${scope.action}" does not apply to ${resource.kind} resource "${scope.resource}"`, {
-        code: 'unknown_action',
-        hint: `use one of: ${FILES_ACTIONS.join(', ')}`,
-      });
-    }
-    return scope;
   }
 
   async #owned(subject: string, id: string): Promise<GrantRecord> {

@@ -1,0 +1,54 @@
+import path from 'node:path';
+import { UsageError } from '../core/errors.ts';
+import { parseScope } from '../core/scope.ts';
+import { CONFIG_FILE, checkResourceRoots } from './broker.ts';
+import { type BrokerConfig, loadBrokerConfig } from './config.ts';
+import { type Decision, decide, type Principal } from './policy/evaluate.ts';
+import { checkScope } from './resources.ts';
+
+export type ConfigSummary = { file: string; resources: number; rules: number; denyRules: number; groups: number };
+
+/** What `jit broker start` checks before it listens, without starting anything. */
+export async function checkBrokerDir(dir: string): Promise<{ config: BrokerConfig; summary: ConfigSummary }> {
+  const file = path.join(path.resolve(dir), CONFIG_FILE);
+  const config = await loadBrokerConfig(file);
+  await checkResourceRoots(config, file);
+  const summary = {
+    file,
+    resources: Object.keys(config.resources).length,
+    rules: config.rules.length,
+    denyRules: config.deny.length,
+    groups: Object.keys(config.groups).length,
+  };
+  return { config, summary };
+}
+
+export type ExplainRequest = {
+  subject: string;
+  claims?: Record<string, string>;
+  scopes: string[];
+  /** Applied to scopes that name no action of their own. */
+  action?: string;
+  ttlSeconds?: number;
+};
+
+const PRINCIPAL = /^[a-z][a-z0-9-]*:.+$/;
+
+/**
+ * The decision the broker in DIR would make for this request, with its explanation; nothing is
+ * created. Scopes are checked against the catalog exactly as the broker checks them.
+ */
+export async function explainRequest(dir: string, request: ExplainRequest): Promise<Decision> {
+  if (!PRINCIPAL.test(request.subject) || request.subject.startsWith('group:')) {
+    throw new UsageError(`invalid subject "${request.subject}"`, {
+      hint: 'a principal is user:NAME (or a CI identity with --claim); groups are resolved from policy.groups',
+    });
+  }
+  const file = path.join(path.resolve(dir), CONFIG_FILE);
+  const config = await loadBrokerConfig(file);
+  const scopes = request.scopes.map((text) =>
+    checkScope(config.resources, parseScope(request.action !== undefined && !text.includes(':') ? `${text}:${request.action}` : text)),
+  );
+  const principal: Principal = { subject: request.subject, ...(request.claims ? { claims: request.claims } : {}) };
+  return decide(config, principal, scopes, request.ttlSeconds);
+}
