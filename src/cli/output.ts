@@ -1,5 +1,5 @@
 import { Chalk, type ChalkInstance } from 'chalk';
-import ora from 'ora';
+import type { Ora } from 'ora';
 import type { JitError } from '../core/errors.ts';
 
 export type Spinner = { succeed(text: string): void; fail(text: string): void; stop(): void };
@@ -71,11 +71,21 @@ export class Output {
     // an endless redraw loop, so such terminals get no spinner.
     const columns = (this.#stderr as { columns?: number }).columns;
     if (this.json || !this.#stderr.isTTY || !columns) return silentSpinner;
-    const spinner = ora({ text, stream: this.#stderr, discardStdin: false }).start();
+    // ora loads in the background: a quick answer finishes before any spinner shows, and
+    // commands that never spin never pay for it.
+    let spinner: Ora | undefined;
+    let finished = false;
+    void import('ora').then(({ default: ora }) => {
+      if (!finished) spinner = ora({ text, stream: this.#stderr, discardStdin: false }).start();
+    });
+    const finish = (end: (current: Ora) => void) => {
+      finished = true;
+      if (spinner) end(spinner);
+    };
     return {
-      succeed: (message) => (this.verbose ? spinner.succeed(message) : spinner.stop()),
-      fail: (message) => spinner.fail(message),
-      stop: () => spinner.stop(),
+      succeed: (message) => finish((current) => (this.verbose ? current.succeed(message) : current.stop())),
+      fail: (message) => finish((current) => current.fail(message)),
+      stop: () => finish((current) => current.stop()),
     };
   }
 }

@@ -1,4 +1,4 @@
-import got, { type Got, HTTPError, RequestError } from 'got';
+import type { Got, HTTPError, RequestError } from 'got';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
 
@@ -16,13 +16,25 @@ export type ClientOptions = {
  */
 export class BrokerClient {
   readonly brokerUrl: string;
-  readonly #http: Got;
+  readonly #options: ClientOptions;
   readonly #hasToken: boolean;
+  #got: Promise<{ http: Got; HTTPError: typeof HTTPError; RequestError: typeof RequestError }> | undefined;
 
   constructor(options: ClientOptions) {
     this.brokerUrl = options.brokerUrl.replace(/\/+$/, '');
+    this.#options = options;
     this.#hasToken = Boolean(options.token);
-    this.#http = got.extend({
+  }
+
+  /** got, loaded on the first call: commands that never reach the broker start without it. */
+  #client() {
+    this.#got ??= import('got').then(({ default: got, HTTPError, RequestError }) => ({ http: this.#extend(got), HTTPError, RequestError }));
+    return this.#got;
+  }
+
+  #extend(got: Got): Got {
+    const options = this.#options;
+    return got.extend({
       prefixUrl: `${this.brokerUrl}/v1`,
       headers: { 'user-agent': 'jit-cli', ...(options.token ? { authorization: `Bearer ${options.token}` } : {}) },
       timeout: { request: options.timeoutMs ?? 10_000 },
@@ -32,36 +44,37 @@ export class BrokerClient {
   }
 
   whoami(): Promise<{ subject: string }> {
-    return this.#authed(() => this.#http.get('whoami').json());
+    return this.#authed((http) => http.get('whoami').json());
   }
 
   /** Not retried on its own: a lost response would otherwise issue two grants. */
   requestGrant(body: { scopes: string[]; ttlSeconds?: number; reason?: string }): Promise<IssuedGrant> {
-    return this.#authed(() => this.#http.post('grants', { json: body, retry: { limit: 0 } }).json());
+    return this.#authed((http) => http.post('grants', { json: body, retry: { limit: 0 } }).json());
   }
 
   heartbeat(id: string): Promise<GrantView> {
-    return this.#authed(() => this.#http.post(`grants/${encodeURIComponent(id)}/heartbeat`, { retry: { limit: 0 } }).json());
+    return this.#authed((http) => http.post(`grants/${encodeURIComponent(id)}/heartbeat`, { retry: { limit: 0 } }).json());
   }
 
   revokeGrant(id: string): Promise<RevocationReceipt> {
-    return this.#authed(() => this.#http.delete(`grants/${encodeURIComponent(id)}`).json());
+    return this.#authed((http) => http.delete(`grants/${encodeURIComponent(id)}`).json());
   }
 
-  #authed<T>(call: () => Promise<T>): Promise<T> {
+  #authed<T>(call: (http: Got) => Promise<T>): Promise<T> {
     if (!this.#hasToken) return Promise.reject(new AuthError(`not logged in to ${this.brokerUrl}`));
     return this.#call(call);
   }
 
-  async #call<T>(call: () => Promise<T>): Promise<T> {
+  async #call<T>(call: (http: Got) => Promise<T>): Promise<T> {
+    const { http, HTTPError, RequestError } = await this.#client();
     try {
-      return await call();
+      return await call(http);
     } catch (error) {
-      throw this.#translate(error);
+      throw this.#translate(error, HTTPError, RequestError);
     }
   }
 
-  #translate(error: unknown): JitError {
+  #translate(error: unknown, HTTPError: typeof import('got').HTTPError, RequestError: typeof import('got').RequestError): JitError {
     if (error instanceof HTTPError) {
       const body = error.response.body as { error?: { code?: string; message?: string; hint?: string } } | undefined;
       return errorFromHttp(error.response.statusCode, body?.error);

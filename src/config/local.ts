@@ -1,4 +1,10 @@
+import { closeSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
+import path from 'node:path';
 import Conf from 'conf';
+import { ExitCode, JitError } from '../core/errors.ts';
+
+const LOCK_WAIT_MS = 5_000;
+const LOCK_STALE_MS = 10_000;
 
 /**
  * What jit keeps on this machine besides secrets (README, "Configuration"): profiles (broker URL,
@@ -57,13 +63,15 @@ export class LocalConfig {
   }
 
   setProfile(name: string, profile: Profile): void {
-    this.#conf.set('profiles', { ...this.#conf.get('profiles'), [name]: profile });
+    this.#locked(() => this.#conf.set('profiles', { ...this.#conf.get('profiles'), [name]: profile }));
   }
 
   removeProfile(name: string): boolean {
-    const { [name]: removed, ...rest } = this.#conf.get('profiles');
-    this.#conf.set('profiles', rest);
-    return removed !== undefined;
+    return this.#locked(() => {
+      const { [name]: removed, ...rest } = this.#conf.get('profiles');
+      this.#conf.set('profiles', rest);
+      return removed !== undefined;
+    });
   }
 
   grants(): LocalGrant[] {
@@ -75,11 +83,44 @@ export class LocalConfig {
   }
 
   putGrant(grant: LocalGrant): void {
-    this.#conf.set('grants', { ...this.#conf.get('grants'), [grant.id]: grant });
+    this.#locked(() => this.#conf.set('grants', { ...this.#conf.get('grants'), [grant.id]: grant }));
   }
 
   removeGrant(id: string): void {
-    const { [id]: _removed, ...rest } = this.#conf.get('grants');
-    this.#conf.set('grants', rest);
+    this.#locked(() => {
+      const { [id]: _removed, ...rest } = this.#conf.get('grants');
+      this.#conf.set('grants', rest);
+    });
+  }
+
+  /**
+   * Runs a read-modify-write of the file under an exclusive lock file beside it: parallel jits
+   * (several `jit run`s started together) would otherwise each write back the index they read and
+   * lose the others' grants. A lock left by a killed jit is broken after LOCK_STALE_MS.
+   */
+  #locked<T>(change: () => T): T {
+    const lock = `${this.#conf.path}.lock`;
+    mkdirSync(path.dirname(lock), { recursive: true, mode: 0o700 });
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    for (;;) {
+      try {
+        closeSync(openSync(lock, 'wx', 0o600));
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > LOCK_STALE_MS) rmSync(lock, { force: true });
+      else if (Date.now() > deadline) {
+        throw new JitError(`the local config ${this.#conf.path} stayed locked`, ExitCode.unexpected, 500, 'config_locked', {
+          hint: `if no other jit is running, remove ${lock}`,
+        });
+      } else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+    try {
+      return change();
+    } finally {
+      rmSync(lock, { force: true });
+    }
   }
 }

@@ -11,9 +11,9 @@ import { after, before, describe, it } from 'node:test';
 import type { LocalGrant } from '../../src/config/local.ts';
 import type { GrantView, IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { jit, testEnv } from '../helpers/cli.ts';
+import { JitProcess, jit, testEnv } from '../helpers/cli.ts';
 import { realKeychain } from '../helpers/keychain.ts';
-import { indexFile } from '../helpers/state.ts';
+import { indexFile, localGrants } from '../helpers/state.ts';
 
 /** An HTTP server that records every Authorization header it is sent and answers 503. */
 async function listeningTrap(): Promise<{ url: string; headers: string[]; close(): Promise<void> }> {
@@ -65,14 +65,23 @@ describe('parallel jit runs on one keychain', () => {
   });
   after(() => broker.cleanup());
 
-  it('all succeed, and each cleans up after itself', async (t) => {
+  it('all succeed, the index holds every one of them while they run, and each cleans up after itself', async (t) => {
     if (!(await realKeychain(t))) return;
     const env = await testEnv({ JIT_BROKER_URL: broker.url, JIT_TOKEN: broker.token, JIT_KEYCHAIN: 'require' });
-    const results = await Promise.all(
-      Array.from({ length: 6 }, () =>
-        jit(['run', '--scope', 'datasets/train', '--', 'node', '-e', 'process.stdout.write(process.env.JIT_GRANT_ID)'], { env }),
-      ),
+    const barrier = path.join(await mkdtemp(path.join(tmpdir(), 'jit-barrier-')), 'go');
+    // Each job says its grant id, then waits for the barrier file, so all six are live at once.
+    const job = `process.stdout.write(process.env.JIT_GRANT_ID + "\\n"); setInterval(() => require("fs").existsSync(process.argv[1]) && process.exit(0), 20)`;
+    const runs = Array.from(
+      { length: 6 },
+      () => new JitProcess(['run', '--scope', 'datasets/train', '--', 'node', '-e', job, barrier], { env }),
     );
+    try {
+      const ids = await Promise.all(runs.map(async (run) => (await run.readUntil('stdout', /(g_[0-9a-f]{20})\n/))[1]));
+      assert.deepEqual(Object.keys(await localGrants(env)).sort(), [...ids].sort(), 'every live grant is in the local index');
+    } finally {
+      await writeFile(barrier, '');
+    }
+    const results = await Promise.all(runs.map((run) => run.done));
     for (const result of results) {
       assert.equal(result.code, 0, result.stderr);
       assert.equal(result.stderr, '');
@@ -80,7 +89,7 @@ describe('parallel jit runs on one keychain', () => {
     const { body } = await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants');
     assert.equal(body.grants.length, 6);
     assert.ok(body.grants.every((grant) => grant.state === 'revoked'));
-    assert.deepEqual(new Set(results.map((result) => result.stdout)).size, 6);
+    assert.deepEqual(await localGrants(env), {});
   });
 });
 

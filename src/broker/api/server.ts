@@ -37,6 +37,9 @@ export function buildApi(options: {
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     bodyLimit: 64 * 1024,
+    // Longer than clients and load balancers keep idle connections, so the broker is never the
+    // side that closes a connection a client is about to reuse.
+    keepAliveTimeout: 65_000,
     // Every request has an id: the caller's x-request-id when it is a sane token, else a new one.
     // It comes back as x-request-id and in error bodies, to find the request in the broker log.
     genReqId: (request) => {
