@@ -154,8 +154,8 @@ const schema = z
       rule: { subjects: string[]; claims: Record<string, string>; scopes: string[]; actions: string[] },
       at: (string | number)[],
     ) => {
-      if (rule.subjects.length === 0 && Object.keys(rule.claims).length === 0) {
-        issue([...at, 'subjects'], 'a rule needs subjects, claims, or both');
+      if (at[0] === 'rules' && rule.subjects.length === 0 && Object.keys(rule.claims).length === 0) {
+        issue([...at, 'subjects'], 'an allow rule needs subjects, claims, or both (a deny rule without them refuses everyone)');
       }
       checkSubjects(rule.subjects, [...at, 'subjects']);
       rule.scopes.forEach((pattern, patternIndex) => {

@@ -191,7 +191,7 @@ policy:
       'a rule with neither subjects nor claims',
       base.replace('      claims: { iss: "https://token.actions.githubusercontent.com", repository: "acme/*" }\n', ''),
       '- name: ci',
-      /policy\.rules\.1\.subjects: a rule needs subjects, claims, or both/,
+      /policy\.rules\.1\.subjects: an allow rule needs subjects, claims, or both/,
     ],
     [
       'a group member that is a group',
@@ -227,6 +227,14 @@ policy:
       );
     });
   }
+
+  it('takes a deny rule without subjects or claims as one for everyone', () => {
+    const config = parseBrokerConfig(
+      base.replace('      subjects: ["group:ml-team"]\n      scopes: ["datasets/pii', '      scopes: ["datasets/pii'),
+      'b.yaml',
+    );
+    assert.deepEqual([config.deny[0]?.subjects, config.deny[0]?.claims], [[], {}]);
+  });
 
   it('counts a requester-free approver set in full when no requester can approve', () => {
     const config = parseBrokerConfig(
