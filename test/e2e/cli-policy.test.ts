@@ -186,6 +186,14 @@ describe('a request whose rule needs approval', () => {
     assert.equal(direct.status, 403);
     assert.equal(direct.body.error.code, 'approval_required');
     assert.match(direct.body.error.message, /needs approval by 2 of user:olga, user:pat/);
+    const both = await api<{ error: { code: string; message: string } }>(broker, broker.token, 'POST', 'grants', {
+      scopes: ['datasets/train', 'datasets/eval'],
+    });
+    assert.equal(both.status, 403);
+    assert.match(
+      both.body.error.message,
+      /^datasets\/train, datasets\/eval need approval by 2 of user:olga, user:pat \(no self-approval\)/,
+    );
     const env = await testEnv({ JIT_BROKER_URL: broker.url, JIT_TOKEN: broker.token });
     scratch.push(env.HOME ?? '');
     const result = await jit(

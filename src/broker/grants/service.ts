@@ -46,7 +46,7 @@ export class GrantService {
       // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
       const scopesNeeding = decision.explanation.filter((scope) => scope.approval).map((scope) => scope.scope);
       throw new DeniedError(
-        `${scopesNeeding.join(', ')} needs approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
+        `${scopesNeeding.join(', ')} ${scopesNeeding.length === 1 ? 'needs' : 'need'} approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
         {
           code: 'approval_required',
           hint: 'request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)',
