@@ -182,8 +182,9 @@ const schema = z
     config.policy.rules.forEach((rule, ruleIndex) => {
       checkName(rule.name, ['rules', ruleIndex]);
       checkRule(rule, ['rules', ruleIndex]);
+      if (rule.approval) checkSubjects(rule.approval.approvers, ['rules', ruleIndex, 'approval', 'approvers']);
       if (rule.approval?.required)
-        checkApproval(rule, groups, (path, message) => issue(['rules', ruleIndex, 'approval', ...path], message), checkSubjects, ruleIndex);
+        checkApproval(rule, groups, (path, message) => issue(['rules', ruleIndex, 'approval', ...path], message));
     });
     config.policy.deny.forEach((rule, ruleIndex) => {
       checkName(rule.name, ['deny', ruleIndex]);
@@ -200,8 +201,6 @@ function checkApproval(
   rule: { subjects: string[]; approval?: { approvers: string[]; count: number } },
   groups: Record<string, string[]>,
   issue: (path: (string | number)[], message: string) => void,
-  checkSubjects: (subjects: string[], at: (string | number)[]) => void,
-  ruleIndex: number,
 ): void {
   const approval = rule.approval;
   if (!approval) return;
@@ -209,7 +208,6 @@ function checkApproval(
     issue(['approvers'], 'an approval rule needs approvers (user:NAME or group:NAME)');
     return;
   }
-  checkSubjects(approval.approvers, ['rules', ruleIndex, 'approval', 'approvers']);
   const expand = (subjects: string[]) =>
     new Set(subjects.flatMap((subject) => (subject.startsWith('group:') ? (groups[subject.slice('group:'.length)] ?? []) : [subject])));
   const approvers = expand(approval.approvers);

@@ -228,6 +228,25 @@ policy:
     });
   }
 
+  it('checks the approver groups of an approval that is switched off, and drops the requirement', () => {
+    const off = base.replace('approval: { required: true,', 'approval: { required: false,');
+    assert.equal(parseBrokerConfig(off, 'b.yaml').rules[0]?.approval, undefined);
+    assert.throws(
+      () => parseBrokerConfig(off.replace('group:owners', 'group:ownerz'), 'b.yaml'),
+      /policy\.rules\.0\.approval\.approvers\.0: unknown group "ownerz"/,
+    );
+  });
+
+  it('counts every approver for a claims-only rule: a CI identity is never an approver', () => {
+    const ci = base.replace('      maxTtl: 1h\n', '      maxTtl: 1h\n      approval: { approvers: ["group:owners"], count: 3 }\n');
+    assert.throws(
+      () => parseBrokerConfig(ci, 'b.yaml'),
+      (error: Error) =>
+        error.message.endsWith('policy.rules.1.approval.count: count 3 is more than the 2 distinct approver(s) who could approve'),
+    );
+    assert.equal(parseBrokerConfig(ci.replace('count: 3', 'count: 2'), 'b.yaml').rules[1]?.approval?.count, 2);
+  });
+
   it('takes a deny rule without subjects or claims as one for everyone', () => {
     const config = parseBrokerConfig(
       base.replace('      subjects: ["group:ml-team"]\n      scopes: ["datasets/pii', '      scopes: ["datasets/pii'),
