@@ -7,17 +7,16 @@ import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
 import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
-import { SqliteStore } from './store/sqlite.ts';
+import { openStore } from './store/index.ts';
 
 export const CONFIG_FILE = 'broker.yaml';
-export const DATABASE_FILE = 'broker.db';
 
 export type RunningBroker = { url: string; config: BrokerConfig; app: FastifyInstance; grants: GrantService; close(): Promise<void> };
 
 const systemClock: Clock = { now: () => Date.now() };
 
 /**
- * Creates a broker directory: a documented broker.yaml, the data root, the SQLite store and the
+ * Creates a broker directory: a documented broker.yaml, the data root, the store and the
  * first admin's API token, which is returned once and kept only as its hash.
  */
 export async function initBroker(dir: string, admin: string): Promise<{ token: string; config: string; subject: string }> {
@@ -38,7 +37,7 @@ export async function initBroker(dir: string, admin: string): Promise<{ token: s
   const config = parseBrokerConfig(yaml, configFile);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   for (const resource of Object.values(config.resources)) await mkdir(resource.root, { recursive: true });
-  const store = new SqliteStore(path.join(config.dir, DATABASE_FILE));
+  const store = await openStore(config);
   const token = newSecret('jit');
   try {
     await store.addPrincipal({ subject, tokenHash: hashSecret(token), createdAt: Date.now() });
@@ -70,7 +69,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const configFile = path.join(options.dir, CONFIG_FILE);
   const config = await loadBrokerConfig(configFile);
   await checkResourceRoots(config, configFile);
-  const store = new SqliteStore(path.join(config.dir, DATABASE_FILE));
+  const store = await openStore(config);
   let url = '';
   const grants = new GrantService({ config, store, clock: options.clock ?? systemClock, publicUrl: () => config.publicUrl ?? url });
   const app = buildApi({ config, grants, version: VERSION });

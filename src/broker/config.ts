@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
 import { FILES_ACTIONS } from './providers/files.ts';
+import { resolveStoreConfig, type StoreConfig, storeSchema } from './store/config.ts';
 
 /** broker.yaml, validated once at start-up (docs/broker-config.md). Durations are kept in seconds. */
 export type FilesResource = { kind: 'files'; root: string };
@@ -41,6 +42,8 @@ export type BrokerConfig = {
   publicUrl: string | undefined;
   heartbeatTimeoutSeconds: number;
   sweepIntervalSeconds: number;
+  /** Where grants and events live (docs/broker-config.md#store). */
+  store: StoreConfig;
   resources: Record<string, Resource>;
   rules: PolicyRule[];
   deny: DenyRule[];
@@ -92,6 +95,7 @@ const schema = z
         sweepInterval: duration.default(1),
       })
       .default({ heartbeatTimeout: 30, sweepInterval: 1 }),
+    store: storeSchema,
     resources: z.record(
       z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
       z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
@@ -267,6 +271,7 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     publicUrl: config.publicUrl,
     heartbeatTimeoutSeconds: config.grants.heartbeatTimeout,
     sweepIntervalSeconds: config.grants.sweepInterval,
+    store: resolveStoreConfig(config.store, dir),
     resources: Object.fromEntries(
       Object.entries(config.resources).map(([name, resource]) => [name, { kind: resource.kind, root: path.resolve(dir, resource.root) }]),
     ),

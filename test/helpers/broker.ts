@@ -2,12 +2,17 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initBroker, type RunningBroker, startBroker } from '../../src/broker/broker.ts';
+import { PostgresStore } from '../../src/broker/store/postgres.ts';
+import { hashSecret } from '../../src/core/ids.ts';
+import { createTestDatabase, type TestDatabase } from './postgres.ts';
 
 export type TestBroker = {
   url: string;
   token: string;
   dir: string;
   dataDir: string;
+  /** The broker's PostgreSQL database, for `{ store: 'postgres' }`. */
+  database: TestDatabase | undefined;
   broker: RunningBroker;
   /** Stops the broker (idempotent); the directory stays until `cleanup`. */
   stop(): Promise<void>;
@@ -25,8 +30,12 @@ export const SAMPLE_FILES: Record<string, string> = {
 /**
  * A real broker in this process on a free loopback port, in its own temporary directory, with
  * the sample datasets. `heartbeatTimeout` shortens the lapse window for tests that kill jit.
+ * `store: 'postgres'` puts the store in a new PostgreSQL database (dropped by `cleanup`), so more
+ * replicas can be started on the same directory with `startBroker`.
  */
-export async function startTestBroker(options: { heartbeatTimeout?: string; files?: Record<string, string> } = {}): Promise<TestBroker> {
+export async function startTestBroker(
+  options: { heartbeatTimeout?: string; files?: Record<string, string>; store?: 'sqlite' | 'postgres' } = {},
+): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'jit-broker-'));
   const { token } = await initBroker(dir, 'admin');
   const dataDir = path.join(dir, 'data', 'datasets');
@@ -44,6 +53,7 @@ export async function startTestBroker(options: { heartbeatTimeout?: string; file
         .replace(/sweepInterval: \S+/, 'sweepInterval: 1s'),
     );
   }
+  const database = options.store === 'postgres' ? await usePostgres(dir, token) : undefined;
   let broker = await startBroker({ dir, host: '127.0.0.1', port: 0 });
   const port = Number(new URL(broker.url).port);
   const handle: TestBroker = {
@@ -51,6 +61,7 @@ export async function startTestBroker(options: { heartbeatTimeout?: string; file
     token,
     dir,
     dataDir,
+    database,
     broker,
     stop: () => broker.close(),
     async restart() {
@@ -59,10 +70,25 @@ export async function startTestBroker(options: { heartbeatTimeout?: string; file
     },
     async cleanup() {
       await broker.close();
+      await database?.drop();
       await rm(dir, { recursive: true, force: true });
     },
   };
   return handle;
+}
+
+/** Points DIR/broker.yaml at a new database and registers init's admin token there. */
+async function usePostgres(dir: string, token: string): Promise<TestDatabase> {
+  const database = await createTestDatabase();
+  const configFile = path.join(dir, 'broker.yaml');
+  await writeFile(configFile, `${await readFile(configFile, 'utf8')}\nstore:\n  engine: postgres\n  url: ${database.url}\n`);
+  const store = await PostgresStore.open(database.url, { maxConnections: 1 });
+  try {
+    await store.addPrincipal({ subject: 'user:admin', tokenHash: hashSecret(token), createdAt: Date.now() });
+  } finally {
+    await store.close();
+  }
+  return database;
 }
 
 /** Calls the broker's API directly, as an admin would, to check what jit did. */

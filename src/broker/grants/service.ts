@@ -7,7 +7,7 @@ import type { BrokerConfig } from '../config.ts';
 import { describeApproval, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { checkScope } from '../resources.ts';
-import type { BrokerStore, GrantRecord } from '../store/store.ts';
+import { type BrokerStore, EXPIRE_BATCH, type GrantRecord } from '../store/store.ts';
 
 export type Clock = { now(): number };
 
@@ -25,6 +25,7 @@ export class GrantService {
   readonly #clock: Clock;
   readonly #publicUrl: () => string;
   readonly #streams = new Map<string, Set<ReadStream>>();
+  #sweeping: Promise<number> | undefined;
 
   constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
     this.#config = options.config;
@@ -123,14 +124,31 @@ export class GrantService {
     return { id, state: ended.state, revokedAt: iso(now), alreadyEnded: false, actions };
   }
 
-  /** Ends grants past expiry or heartbeat deadline; each one is an audit record. */
-  async sweep(): Promise<number> {
-    const expired = await this.#store.expireDue(this.#clock.now());
-    for (const grant of expired) {
-      this.#cutStreams(grant.id);
-      await this.#audit('grant.expired', grant, { reason: grant.endReason });
+  /**
+   * Ends grants past expiry or heartbeat deadline; each one is an audit record. A backlog is
+   * worked off in batches of EXPIRE_BATCH with a turn of the event loop between them, so API
+   * requests are served while it drains. One sweep at a time per replica: callers that arrive
+   * during one wait for it.
+   */
+  sweep(): Promise<number> {
+    this.#sweeping ??= this.#sweepAll().finally(() => {
+      this.#sweeping = undefined;
+    });
+    return this.#sweeping;
+  }
+
+  async #sweepAll(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const expired = await this.#store.expireDue(this.#clock.now(), EXPIRE_BATCH);
+      for (const grant of expired) {
+        this.#cutStreams(grant.id);
+        await this.#audit('grant.expired', grant, { reason: grant.endReason });
+      }
+      total += expired.length;
+      if (expired.length < EXPIRE_BATCH) return total;
+      await new Promise((resolve) => setImmediate(resolve));
     }
-    return expired.length;
   }
 
   /**

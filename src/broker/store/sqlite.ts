@@ -1,39 +1,8 @@
 import { chmodSync } from 'node:fs';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
-import type { AuditEvent, BrokerStore, GrantRecord, PrincipalRecord } from './store.ts';
-
-const SCHEMA = `
-  CREATE TABLE IF NOT EXISTS principals (
-    subject TEXT NOT NULL,
-    token_hash TEXT PRIMARY KEY,
-    created_at INTEGER NOT NULL
-  );
-  CREATE TABLE IF NOT EXISTS grants (
-    id TEXT PRIMARY KEY,
-    subject TEXT NOT NULL,
-    scopes TEXT NOT NULL,
-    reason TEXT,
-    state TEXT NOT NULL,
-    credential_hash TEXT NOT NULL UNIQUE,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    heartbeat_deadline INTEGER NOT NULL,
-    ended_at INTEGER,
-    end_reason TEXT,
-    decision TEXT NOT NULL
-  );
-  CREATE INDEX IF NOT EXISTS grants_active ON grants (state, expires_at, heartbeat_deadline);
-  CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    subject TEXT,
-    grant_id TEXT,
-    detail TEXT NOT NULL
-  );
-  CREATE INDEX IF NOT EXISTS events_grant ON events (grant_id);
-`;
+import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
+import { type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, type PrincipalRecord } from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
 
@@ -64,7 +33,30 @@ export class SqliteStore implements BrokerStore {
     // its -wal and -shm files the same mode.
     if (file !== ':memory:') chmodSync(file, 0o600);
     this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
-    this.#db.exec(SCHEMA);
+    this.#migrate(file);
+  }
+
+  /** Brings the file to the current schema in one transaction; IMMEDIATE so two openers queue. */
+  #migrate(file: string): void {
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      this.#db.exec(MIGRATIONS_TABLE);
+      const applied = this.#db
+        .prepare('SELECT version FROM schema_migrations')
+        .all()
+        .map((row) => Number(row.version));
+      for (const migration of pendingMigrations(applied, file)) {
+        this.#db.exec(migration.sqlite);
+        this.#db
+          .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
+          .run(migration.version, migration.name, Date.now());
+      }
+      this.#db.exec('COMMIT');
+    } catch (error) {
+      this.#db.exec('ROLLBACK');
+      this.#db.close();
+      throw error;
+    }
   }
 
   async addPrincipal(principal: PrincipalRecord): Promise<void> {
@@ -145,14 +137,17 @@ export class SqliteStore implements BrokerStore {
     return row ? toGrant(row) : undefined;
   }
 
-  async expireDue(now: number): Promise<GrantRecord[]> {
+  async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
+    // One statement, and SQLite has one writer at a time: a grant ends in exactly one sweep.
     return this.#db
       .prepare(
         `UPDATE grants SET state = 'expired', ended_at = ?,
            end_reason = CASE WHEN expires_at <= ? THEN 'ttl' ELSE 'heartbeat' END
-         WHERE state = 'active' AND (expires_at <= ? OR heartbeat_deadline <= ?) RETURNING *`,
+         WHERE state = 'active' AND id IN (
+           SELECT id FROM grants WHERE state = 'active' AND (expires_at <= ? OR heartbeat_deadline <= ?) LIMIT ?
+         ) RETURNING *`,
       )
-      .all(now, now, now, now)
+      .all(now, now, now, now, limit)
       .map(toGrant);
   }
 

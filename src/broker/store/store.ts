@@ -1,7 +1,7 @@
 import type { GrantState } from '../../core/grant.ts';
 
 /**
- * The broker's storage contract. Every engine (sqlite.ts today, postgres next) implements it;
+ * The broker's storage contract. Every engine (sqlite.ts, postgres.ts) implements it;
  * conditional updates are single statements so that replicas sharing a database never race a
  * grant into two end states. Times are epoch milliseconds.
  */
@@ -30,6 +30,9 @@ export type AuditEvent = {
   detail: Record<string, unknown>;
 };
 
+/** How many grants one expireDue call ends at most: a backlog is worked off in bounded steps. */
+export const EXPIRE_BATCH = 500;
+
 export interface BrokerStore {
   addPrincipal(principal: PrincipalRecord): Promise<void>;
   findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined>;
@@ -41,8 +44,12 @@ export interface BrokerStore {
   extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined>;
   /** Ends an active grant; undefined when it had already ended (someone else won). */
   endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined>;
-  /** Ends every active grant past its expiry or heartbeat deadline at `now`, returning them. */
-  expireDue(now: number): Promise<GrantRecord[]>;
+  /**
+   * Ends up to `limit` active grants past their expiry or heartbeat deadline at `now`, returning
+   * them. Each due grant is returned by exactly one call, even across replicas sweeping at once;
+   * fewer than `limit` back means none was left due.
+   */
+  expireDue(now: number, limit?: number): Promise<GrantRecord[]>;
   appendEvent(event: AuditEvent): Promise<void>;
   listEvents(filter: { grantId?: string }): Promise<AuditEvent[]>;
   close(): Promise<void>;

@@ -1,0 +1,116 @@
+import { UsageError } from '../../core/errors.ts';
+
+/**
+ * The broker's schema, as an ordered list of versions. Each engine applies the versions it has
+ * not recorded in `schema_migrations` when a store opens, inside one transaction, so a broker
+ * either starts on the whole schema or not at all. Versions are never edited once released: a
+ * change is a new entry at the end.
+ */
+export type Migration = { version: number; name: string; sqlite: string; postgres: string };
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'principals, grants, events',
+    // IF NOT EXISTS: a broker.db made before migrations existed already has these tables.
+    sqlite: `
+      CREATE TABLE IF NOT EXISTS principals (
+        subject TEXT NOT NULL,
+        token_hash TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        reason TEXT,
+        state TEXT NOT NULL,
+        credential_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        heartbeat_deadline INTEGER NOT NULL,
+        ended_at INTEGER,
+        end_reason TEXT,
+        decision TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS grants_active ON grants (state, expires_at, heartbeat_deadline);
+      CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        subject TEXT,
+        grant_id TEXT,
+        detail TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS events_grant ON events (grant_id);
+    `,
+    postgres: `
+      CREATE TABLE principals (
+        subject TEXT NOT NULL,
+        token_hash TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL
+      );
+      CREATE TABLE grants (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        scopes JSONB NOT NULL,
+        reason TEXT,
+        state TEXT NOT NULL,
+        credential_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        heartbeat_deadline BIGINT NOT NULL,
+        ended_at BIGINT,
+        end_reason TEXT,
+        decision TEXT NOT NULL
+      );
+      CREATE INDEX grants_active ON grants (state, expires_at, heartbeat_deadline);
+      CREATE TABLE events (
+        seq BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        subject TEXT,
+        grant_id TEXT,
+        detail JSONB NOT NULL
+      );
+      CREATE INDEX events_grant ON events (grant_id);
+    `,
+  },
+  {
+    version: 2,
+    name: 'sweeper indexes on active grants',
+    // The sweeper asks for active grants past either deadline; one partial index per deadline
+    // lets both engines answer that from the index however many ended grants have piled up.
+    sqlite: `
+      CREATE INDEX grants_due_ttl ON grants (expires_at) WHERE state = 'active';
+      CREATE INDEX grants_due_heartbeat ON grants (heartbeat_deadline) WHERE state = 'active';
+    `,
+    postgres: `
+      CREATE INDEX grants_due_ttl ON grants (expires_at) WHERE state = 'active';
+      CREATE INDEX grants_due_heartbeat ON grants (heartbeat_deadline) WHERE state = 'active';
+    `,
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;
+
+export const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  applied_at BIGINT NOT NULL
+)`;
+
+/**
+ * The migrations a database at `applied` still needs. A database that a newer broker has already
+ * migrated is refused: this broker would not know what its tables mean.
+ */
+export function pendingMigrations(applied: readonly number[], where: string): Migration[] {
+  const newest = Math.max(0, ...applied);
+  if (newest > SCHEMA_VERSION) {
+    throw new UsageError(`${where} has schema version ${newest}; this broker knows versions up to ${SCHEMA_VERSION}`, {
+      code: 'store_too_new',
+      hint: 'run the newer jit broker that migrated it',
+    });
+  }
+  return MIGRATIONS.filter((migration) => !applied.includes(migration.version));
+}

@@ -1,0 +1,243 @@
+import pg from 'pg';
+import { BrokerUnreachableError, JitError, UsageError } from '../../core/errors.ts';
+import type { GrantState } from '../../core/grant.ts';
+import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
+import { type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, type PrincipalRecord } from './store.ts';
+
+/** Any fixed 64-bit number: every replica takes the same advisory lock to migrate. */
+const MIGRATION_LOCK = 7_316_245_019;
+
+type Row = Record<string, unknown>;
+
+const nullableNumber = (value: unknown) => (value === null ? null : Number(value));
+const nullableString = (value: unknown) => (value === null ? null : String(value));
+
+// BIGINT columns arrive as strings (pg keeps 64 bits exact); epoch milliseconds fit a double.
+function toGrant(row: Row): GrantRecord {
+  return {
+    id: String(row.id),
+    subject: String(row.subject),
+    scopes: row.scopes as string[],
+    reason: nullableString(row.reason),
+    state: String(row.state) as GrantState,
+    credentialHash: String(row.credential_hash),
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    heartbeatDeadline: Number(row.heartbeat_deadline),
+    endedAt: nullableNumber(row.ended_at),
+    endReason: nullableString(row.end_reason),
+    decision: String(row.decision),
+  };
+}
+
+/** Where the URL points, without its password, for error messages. */
+export function describeDatabase(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `PostgreSQL at ${parsed.host || 'localhost'}${parsed.pathname}`;
+  } catch {
+    return 'PostgreSQL';
+  }
+}
+
+/** One clear line for a store that cannot be opened, instead of pg's stack. */
+function openError(error: unknown, url: string): unknown {
+  if (error instanceof JitError || !(error instanceof Error)) return error;
+  const where = describeDatabase(url);
+  if (error instanceof pg.DatabaseError) {
+    // The server answered: wrong database, role or password, or missing privileges.
+    return new UsageError(`${where} refused the broker: ${error.message}`, {
+      code: 'store_refused',
+      hint: 'check the database, user and password in the store URL (broker.yaml store.url or the variable store.urlEnv names)',
+      cause: error,
+    });
+  }
+  const reason = (error as NodeJS.ErrnoException).code ?? error.message;
+  return new BrokerUnreachableError(`cannot reach the store, ${where} (${reason})`, {
+    code: 'store_unreachable',
+    hint: 'check that PostgreSQL is running and that the store URL in broker.yaml (or its urlEnv variable) points at it',
+    cause: error,
+  });
+}
+
+/**
+ * The shared store for several broker replicas: PostgreSQL through a pg Pool. Every state change
+ * is one conditional statement, so the database alone decides which replica wins a race.
+ */
+export class PostgresStore implements BrokerStore {
+  readonly #pool: pg.Pool;
+
+  private constructor(pool: pg.Pool) {
+    this.#pool = pool;
+  }
+
+  /** Connects and migrates; a database that cannot be reached is a BrokerUnreachableError. */
+  static async open(url: string, options: { maxConnections?: number } = {}): Promise<PostgresStore> {
+    const pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 10, connectionTimeoutMillis: 10_000 });
+    // An idle client losing its server must not crash the broker; the next query reports it.
+    pool.on('error', () => {});
+    const store = new PostgresStore(pool);
+    try {
+      await store.#migrate(describeDatabase(url));
+    } catch (error) {
+      await pool.end();
+      throw openError(error, url);
+    }
+    return store;
+  }
+
+  /** Applies pending migrations under an advisory lock, so replicas starting together queue. */
+  async #migrate(where: string): Promise<void> {
+    const client = await this.#pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+      await client.query(MIGRATIONS_TABLE);
+      const applied = (await client.query('SELECT version FROM schema_migrations')).rows.map((row) => Number(row.version));
+      for (const migration of pendingMigrations(applied, where)) {
+        await client.query(migration.postgres);
+        await client.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [
+          migration.version,
+          migration.name,
+          Date.now(),
+        ]);
+      }
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  async #rows(sql: string, params: unknown[] = []): Promise<Row[]> {
+    return (await this.#pool.query(sql, params)).rows as Row[];
+  }
+
+  async addPrincipal(principal: PrincipalRecord): Promise<void> {
+    await this.#rows('INSERT INTO principals (subject, token_hash, created_at) VALUES ($1, $2, $3)', [
+      principal.subject,
+      principal.tokenHash,
+      principal.createdAt,
+    ]);
+  }
+
+  async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
+    const [row] = await this.#rows('SELECT * FROM principals WHERE token_hash = $1', [tokenHash]);
+    return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
+  }
+
+  async insertGrant(grant: GrantRecord): Promise<void> {
+    await this.#rows(
+      `INSERT INTO grants (id, subject, scopes, reason, state, credential_hash, created_at, expires_at, heartbeat_deadline, ended_at, end_reason, decision)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+      [
+        grant.id,
+        grant.subject,
+        JSON.stringify(grant.scopes),
+        grant.reason,
+        grant.state,
+        grant.credentialHash,
+        grant.createdAt,
+        grant.expiresAt,
+        grant.heartbeatDeadline,
+        grant.endedAt,
+        grant.endReason,
+        grant.decision,
+      ],
+    );
+  }
+
+  async getGrant(id: string): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows('SELECT * FROM grants WHERE id = $1', [id]);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async findGrantByCredentialHash(credentialHash: string): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows('SELECT * FROM grants WHERE credential_hash = $1', [credentialHash]);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async listGrants(filter: { subject?: string; states?: readonly GrantState[] }): Promise<GrantRecord[]> {
+    const clauses: string[] = [];
+    const params: unknown[] = [];
+    if (filter.subject !== undefined) {
+      params.push(filter.subject);
+      clauses.push(`subject = $${params.length}`);
+    }
+    if (filter.states && filter.states.length > 0) {
+      params.push([...filter.states]);
+      clauses.push(`state = ANY($${params.length}::text[])`);
+    }
+    const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
+    return (await this.#rows(`SELECT * FROM grants ${where} ORDER BY created_at DESC`, params)).map(toGrant);
+  }
+
+  async extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows(
+      `UPDATE grants SET heartbeat_deadline = $1
+       WHERE id = $2 AND state = 'active' AND expires_at > $3 AND heartbeat_deadline > $3 RETURNING *`,
+      [deadline, id, now],
+    );
+    return row ? toGrant(row) : undefined;
+  }
+
+  async endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows(
+      `UPDATE grants SET state = $1, end_reason = $2, ended_at = $3 WHERE id = $4 AND state = 'active' RETURNING *`,
+      [state, reason, at, id],
+    );
+    return row ? toGrant(row) : undefined;
+  }
+
+  /**
+   * SKIP LOCKED lets replicas sweeping at once take disjoint batches instead of queueing on the
+   * same rows. The batch is a MATERIALIZED CTE because the planner may otherwise re-run an
+   * `IN (... LIMIT n)` subquery per row and end far more than n. The outer `state = 'active'`
+   * is what makes it exactly once: a row another replica ended after this statement's snapshot
+   * is re-checked against it and left alone.
+   */
+  async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
+    const rows = await this.#rows(
+      `WITH due AS MATERIALIZED (
+         SELECT id FROM grants WHERE state = 'active' AND (expires_at <= $1 OR heartbeat_deadline <= $1)
+         LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       UPDATE grants SET state = 'expired', ended_at = $1,
+         end_reason = CASE WHEN grants.expires_at <= $1 THEN 'ttl' ELSE 'heartbeat' END
+       FROM due WHERE grants.id = due.id AND grants.state = 'active'
+       RETURNING grants.*`,
+      [now, limit],
+    );
+    return rows.map(toGrant);
+  }
+
+  async appendEvent(event: AuditEvent): Promise<void> {
+    await this.#rows('INSERT INTO events (at, type, subject, grant_id, detail) VALUES ($1, $2, $3, $4, $5)', [
+      event.at,
+      event.type,
+      event.subject,
+      event.grantId,
+      JSON.stringify(event.detail),
+    ]);
+  }
+
+  async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
+    const rows =
+      filter.grantId === undefined
+        ? await this.#rows('SELECT * FROM events ORDER BY seq')
+        : await this.#rows('SELECT * FROM events WHERE grant_id = $1 ORDER BY seq', [filter.grantId]);
+    return rows.map((row) => ({
+      at: Number(row.at),
+      type: String(row.type),
+      subject: nullableString(row.subject),
+      grantId: nullableString(row.grant_id),
+      detail: row.detail as Record<string, unknown>,
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (!this.#pool.ended) await this.#pool.end();
+  }
+}

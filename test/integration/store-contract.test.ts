@@ -1,0 +1,308 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { after, describe, it } from 'node:test';
+import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
+import { PostgresStore } from '../../src/broker/store/postgres.ts';
+import { SqliteStore } from '../../src/broker/store/sqlite.ts';
+import type { BrokerStore, GrantRecord } from '../../src/broker/store/store.ts';
+import type { GrantState } from '../../src/core/grant.ts';
+import { createTestDatabase, postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
+
+/**
+ * One contract, every engine: the same cases run against a real SQLite file and a real
+ * PostgreSQL database. Each case gets a fresh, empty database.
+ */
+type Database = {
+  /** Opens (and migrates) another store on this database. */
+  open(): Promise<BrokerStore>;
+  /** The versions recorded in schema_migrations, in order. */
+  appliedVersions(): Promise<number[]>;
+  /** Runs raw SQL on the database, outside any store. */
+  exec(sql: string): Promise<void>;
+  drop(): Promise<void>;
+};
+
+type Engine = { name: string; skip: string | undefined; fresh(): Promise<Database> };
+
+const sqlite: Engine = {
+  name: 'sqlite',
+  skip: undefined,
+  async fresh() {
+    const dir = await mkdtemp(path.join(tmpdir(), 'jit-store-'));
+    const file = path.join(dir, 'broker.db');
+    const raw = <T>(action: (db: DatabaseSync) => T): T => {
+      const db = new DatabaseSync(file);
+      try {
+        return action(db);
+      } finally {
+        db.close();
+      }
+    };
+    return {
+      open: async () => new SqliteStore(file),
+      appliedVersions: async () =>
+        raw((db) =>
+          db
+            .prepare('SELECT version FROM schema_migrations ORDER BY version')
+            .all()
+            .map((row) => Number(row.version)),
+        ),
+      exec: async (sql) => raw((db) => db.exec(sql)),
+      drop: () => rm(dir, { recursive: true, force: true }),
+    };
+  },
+};
+
+const postgres: Engine = {
+  name: 'postgres',
+  skip: await postgresSkipReason(),
+  async fresh() {
+    const database = await createTestDatabase();
+    return {
+      open: () => PostgresStore.open(database.url, { maxConnections: 4 }),
+      appliedVersions: async () =>
+        (await queryDatabase(database.url, 'SELECT version FROM schema_migrations ORDER BY version')).map((row) => Number(row.version)),
+      exec: async (sql) => {
+        await queryDatabase(database.url, sql);
+      },
+      drop: database.drop,
+    };
+  },
+};
+
+const T0 = 1_800_000_000_000;
+let serial = 0;
+
+function grant(overrides: Partial<GrantRecord> = {}): GrantRecord {
+  serial += 1;
+  return {
+    id: `g_${serial}_${Math.random().toString(36).slice(2, 8)}`,
+    subject: 'user:ada',
+    scopes: ['datasets/train:read'],
+    reason: null,
+    state: 'active',
+    credentialHash: `hash-${serial}-${Math.random()}`,
+    createdAt: T0 + serial,
+    expiresAt: T0 + 3_600_000,
+    heartbeatDeadline: T0 + 30_000,
+    endedAt: null,
+    endReason: null,
+    decision: '{"rule":"r"}',
+    ...overrides,
+  };
+}
+
+async function drain(store: BrokerStore, now: number, limit: number): Promise<string[]> {
+  const ended: string[] = [];
+  for (;;) {
+    const batch = await store.expireDue(now, limit);
+    assert.ok(batch.length <= limit, `a batch of ${batch.length} is over the limit of ${limit}`);
+    ended.push(...batch.map((record) => record.id));
+    if (batch.length === 0) return ended;
+  }
+}
+
+for (const engine of [sqlite, postgres]) {
+  describe(`store contract: ${engine.name}`, { skip: engine.skip }, () => {
+    const cleanups: (() => Promise<void>)[] = [];
+    after(async () => {
+      for (const cleanup of cleanups.reverse()) await cleanup();
+    });
+
+    /** A fresh database and a store open on it, both closed after the suite. */
+    async function fresh(): Promise<{ db: Database; store: BrokerStore }> {
+      const db = await engine.fresh();
+      cleanups.push(db.drop);
+      const store = await db.open();
+      cleanups.push(() => store.close());
+      return { db, store };
+    }
+
+    it('finds principals by token hash only', async () => {
+      const { store } = await fresh();
+      await store.addPrincipal({ subject: 'user:ada', tokenHash: 'h1', createdAt: T0 });
+      assert.deepEqual(await store.findPrincipalByTokenHash('h1'), { subject: 'user:ada', tokenHash: 'h1', createdAt: T0 });
+      assert.equal(await store.findPrincipalByTokenHash('h2'), undefined);
+      await assert.rejects(store.addPrincipal({ subject: 'user:bob', tokenHash: 'h1', createdAt: T0 }));
+    });
+
+    it('stores grants whole and lists them newest first by subject and state', async () => {
+      const { store } = await fresh();
+      const first = grant({ reason: 'fine-tune run 7', scopes: ['datasets/train:read', 'datasets/eval/holdout.jsonl:read'] });
+      const second = grant({ subject: 'user:bob' });
+      const third = grant({ state: 'revoked', endedAt: T0 + 5, endReason: 'revoked by user:ada' });
+      for (const record of [first, second, third]) await store.insertGrant(record);
+      assert.deepEqual(await store.getGrant(first.id), first);
+      assert.deepEqual(await store.findGrantByCredentialHash(third.credentialHash), third);
+      assert.equal(await store.getGrant('g_missing'), undefined);
+      assert.equal(await store.findGrantByCredentialHash('nope'), undefined);
+      assert.deepEqual(
+        (await store.listGrants({})).map((record) => record.id),
+        [third.id, second.id, first.id],
+      );
+      assert.deepEqual(
+        (await store.listGrants({ subject: 'user:ada' })).map((record) => record.id),
+        [third.id, first.id],
+      );
+      const states: GrantState[] = ['active'];
+      assert.deepEqual(
+        (await store.listGrants({ subject: 'user:ada', states })).map((record) => record.id),
+        [first.id],
+      );
+      await assert.rejects(store.insertGrant(grant({ credentialHash: first.credentialHash })), 'a credential hash is unique');
+    });
+
+    it('extends a heartbeat only while the grant is usable', async () => {
+      const { store } = await fresh();
+      const live = grant();
+      const ended = grant({ state: 'revoked', endedAt: T0, endReason: 'x' });
+      await store.insertGrant(live);
+      await store.insertGrant(ended);
+      const extended = await store.extendHeartbeat(live.id, T0 + 60_000, T0 + 10_000);
+      assert.equal(extended?.heartbeatDeadline, T0 + 60_000);
+      assert.equal((await store.getGrant(live.id))?.heartbeatDeadline, T0 + 60_000);
+      assert.equal(await store.extendHeartbeat(live.id, T0 + 200_000, T0 + 60_000), undefined, 'the heartbeat deadline has passed');
+      assert.equal(await store.extendHeartbeat(ended.id, T0 + 60_000, T0 + 1), undefined, 'the grant has ended');
+      const expiring = grant({ expiresAt: T0 + 20_000 });
+      await store.insertGrant(expiring);
+      assert.equal(await store.extendHeartbeat(expiring.id, T0 + 50_000, T0 + 20_000), undefined, 'the grant is past its TTL');
+      assert.equal((await store.getGrant(live.id))?.heartbeatDeadline, T0 + 60_000, 'refused extensions change nothing');
+    });
+
+    it('ends a grant once: of two concurrent endGrant calls exactly one wins', async () => {
+      const { store } = await fresh();
+      const record = grant();
+      await store.insertGrant(record);
+      const results = await Promise.all([
+        store.endGrant(record.id, 'revoked', 'revoked by user:ada', T0 + 1),
+        store.endGrant(record.id, 'expired', 'ttl', T0 + 2),
+      ]);
+      const winners = results.filter((result) => result !== undefined);
+      assert.equal(winners.length, 1);
+      const stored = await store.getGrant(record.id);
+      assert.equal(stored?.state, winners[0]?.state);
+      assert.equal(stored?.endedAt, winners[0]?.endedAt);
+      assert.equal(await store.endGrant(record.id, 'revoked', 'again', T0 + 3), undefined);
+    });
+
+    it('expires due grants in bounded batches, naming why, and leaves the rest', async () => {
+      const { store } = await fresh();
+      const pastTtl = Array.from({ length: 4 }, () => grant({ expiresAt: T0 + 1000, heartbeatDeadline: T0 + 50_000 }));
+      const lapsed = Array.from({ length: 3 }, () => grant({ heartbeatDeadline: T0 + 2000 }));
+      const notDue = grant({ heartbeatDeadline: T0 + 9000 });
+      const alreadyRevoked = grant({ state: 'revoked', expiresAt: T0, endedAt: T0, endReason: 'x' });
+      for (const record of [...pastTtl, ...lapsed, notDue, alreadyRevoked]) await store.insertGrant(record);
+      const now = T0 + 5000;
+      const firstBatch = await store.expireDue(now, 5);
+      assert.equal(firstBatch.length, 5);
+      const secondBatch = await store.expireDue(now, 5);
+      assert.equal(secondBatch.length, 2);
+      assert.deepEqual(await store.expireDue(now, 5), []);
+      const ended = new Map([...firstBatch, ...secondBatch].map((record) => [record.id, record]));
+      assert.deepEqual([...ended.keys()].sort(), [...pastTtl, ...lapsed].map((record) => record.id).sort());
+      for (const record of pastTtl) assert.equal(ended.get(record.id)?.endReason, 'ttl');
+      for (const record of lapsed) assert.equal(ended.get(record.id)?.endReason, 'heartbeat');
+      for (const record of ended.values()) {
+        assert.equal(record.state, 'expired');
+        assert.equal(record.endedAt, now);
+      }
+      assert.equal((await store.getGrant(notDue.id))?.state, 'active');
+      assert.equal((await store.getGrant(alreadyRevoked.id))?.endReason, 'x');
+    });
+
+    it('expires each due grant exactly once when two stores sweep the same database at once', async () => {
+      const { db, store } = await fresh();
+      const other = await db.open();
+      cleanups.push(() => other.close());
+      const due = Array.from({ length: 300 }, () => grant({ heartbeatDeadline: T0 + 1000 }));
+      for (const record of due) await store.insertGrant(record);
+      const [a, b] = await Promise.all([drain(store, T0 + 2000, 7), drain(other, T0 + 2000, 7)]);
+      const all = [...a, ...b];
+      assert.equal(new Set(all).size, all.length, 'no grant was expired twice');
+      assert.deepEqual(all.sort(), due.map((record) => record.id).sort());
+    });
+
+    it('appends events and lists them in order, by grant too', async () => {
+      const { store } = await fresh();
+      const events = [
+        { at: T0 + 3, type: 'grant.issued', subject: 'user:ada', grantId: 'g1', detail: { scopes: ['datasets/train:read'], ttl: 60 } },
+        { at: T0 + 1, type: 'data.refused', subject: null, grantId: null, detail: { reason: 'unknown_credential' } },
+        { at: T0 + 2, type: 'grant.revoked', subject: 'user:ada', grantId: 'g1', detail: { by: 'user:ada', nested: { n: 1 } } },
+      ];
+      for (const event of events) await store.appendEvent(event);
+      assert.deepEqual(await store.listEvents({}), events, 'in append order, not by time');
+      assert.deepEqual(await store.listEvents({ grantId: 'g1' }), [events[0], events[2]]);
+      assert.deepEqual(await store.listEvents({ grantId: 'g2' }), []);
+    });
+
+    it('migrates once: reopening keeps data and records each version once', async () => {
+      const { db, store } = await fresh();
+      const record = grant();
+      await store.insertGrant(record);
+      await store.close();
+      const reopened = await db.open();
+      cleanups.push(() => reopened.close());
+      assert.deepEqual(await reopened.getGrant(record.id), record);
+      const expected = Array.from({ length: SCHEMA_VERSION }, (_, index) => index + 1);
+      assert.deepEqual(await db.appliedVersions(), expected);
+    });
+
+    it('refuses a database a newer broker has migrated', async () => {
+      const { db } = await fresh();
+      await db.exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (${SCHEMA_VERSION + 1}, 'from the future', 0)`);
+      await assert.rejects(db.open(), (error: Error & { code?: string }) => {
+        assert.equal(error.code, 'store_too_new');
+        assert.match(error.message, new RegExp(`schema version ${SCHEMA_VERSION + 1}; this broker knows versions up to ${SCHEMA_VERSION}`));
+        return true;
+      });
+    });
+
+    it('lets several stores open a fresh database at the same moment', async () => {
+      const db = await engine.fresh();
+      cleanups.push(db.drop);
+      const stores = await Promise.all([db.open(), db.open(), db.open()]);
+      for (const store of stores) cleanups.push(() => store.close());
+      const record = grant();
+      await stores[0]?.insertGrant(record);
+      assert.deepEqual(await stores[2]?.getGrant(record.id), record);
+      assert.deepEqual(
+        await db.appliedVersions(),
+        Array.from({ length: SCHEMA_VERSION }, (_, index) => index + 1),
+      );
+    });
+  });
+}
+
+describe('store: sqlite files from before migrations', () => {
+  it('opens a broker.db made by the inline schema and keeps its grants', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'jit-store-'));
+    after(() => rm(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'broker.db');
+    // The schema SqliteStore created inline before versioned migrations (commit 80a7149).
+    const old = new DatabaseSync(file);
+    old.exec(`
+      CREATE TABLE principals (subject TEXT NOT NULL, token_hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+      CREATE TABLE grants (id TEXT PRIMARY KEY, subject TEXT NOT NULL, scopes TEXT NOT NULL, reason TEXT, state TEXT NOT NULL,
+        credential_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+        heartbeat_deadline INTEGER NOT NULL, ended_at INTEGER, end_reason TEXT, decision TEXT NOT NULL);
+      CREATE INDEX grants_active ON grants (state, expires_at, heartbeat_deadline);
+      CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, type TEXT NOT NULL, subject TEXT,
+        grant_id TEXT, detail TEXT NOT NULL);
+      CREATE INDEX events_grant ON events (grant_id);
+      INSERT INTO principals VALUES ('user:admin', 'tokenhash', 1);
+      INSERT INTO grants VALUES ('g_old', 'user:admin', '["datasets/train:read"]', NULL, 'active', 'credhash', 1, ${T0}, ${T0}, NULL, NULL, '[]');
+    `);
+    old.close();
+    const store = new SqliteStore(file);
+    after(() => store.close());
+    assert.equal((await store.findPrincipalByTokenHash('tokenhash'))?.subject, 'user:admin');
+    assert.deepEqual((await store.getGrant('g_old'))?.scopes, ['datasets/train:read']);
+    assert.deepEqual(
+      (await store.expireDue(T0, 10)).map((record) => record.id),
+      ['g_old'],
+    );
+  });
+});
