@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initBroker, type RunningBroker, startBroker } from '../../src/broker/broker.ts';
+import type { Clock } from '../../src/broker/grants/service.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { hashSecret } from '../../src/core/ids.ts';
 import { createTestDatabase, type TestDatabase } from './postgres.ts';
@@ -30,11 +31,11 @@ export const SAMPLE_FILES: Record<string, string> = {
 /**
  * A real broker in this process on a free loopback port, in its own temporary directory, with
  * the sample datasets. `heartbeatTimeout` shortens the lapse window for tests that kill jit.
- * `store: 'postgres'` puts the store in a new PostgreSQL database (dropped by `cleanup`), so more
+ * `clock` replaces the broker's clock. `store: 'postgres'` puts the store in a new PostgreSQL database (dropped by `cleanup`), so more
  * replicas can be started on the same directory with `startBroker`.
  */
 export async function startTestBroker(
-  options: { heartbeatTimeout?: string; files?: Record<string, string>; store?: 'sqlite' | 'postgres' } = {},
+  options: { heartbeatTimeout?: string; files?: Record<string, string>; store?: 'sqlite' | 'postgres'; clock?: Clock } = {},
 ): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'jit-broker-'));
   const { token } = await initBroker(dir, 'admin');
@@ -54,7 +55,7 @@ export async function startTestBroker(
     );
   }
   const database = options.store === 'postgres' ? await usePostgres(dir, token) : undefined;
-  let broker = await startBroker({ dir, host: '127.0.0.1', port: 0 });
+  let broker = await startBroker({ dir, host: '127.0.0.1', port: 0, clock: options.clock });
   const port = Number(new URL(broker.url).port);
   const handle: TestBroker = {
     url: broker.url,
@@ -65,7 +66,7 @@ export async function startTestBroker(
     broker,
     stop: () => broker.close(),
     async restart() {
-      broker = await startBroker({ dir, host: '127.0.0.1', port });
+      broker = await startBroker({ dir, host: '127.0.0.1', port, clock: options.clock });
       handle.broker = broker;
     },
     async cleanup() {

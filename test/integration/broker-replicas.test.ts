@@ -17,11 +17,14 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
   let b: RunningBroker;
   let c: RunningBroker;
   let store: PostgresStore;
+  // One clock for the three replicas, so a test can make grants due on all of them at once.
+  let skewMs = 0;
+  const clock = { now: () => Date.now() + skewMs };
 
   before(async () => {
-    a = await startTestBroker({ store: 'postgres', heartbeatTimeout: '2s' });
-    b = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0 });
-    c = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0 });
+    a = await startTestBroker({ store: 'postgres', heartbeatTimeout: '2s', clock });
+    b = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0, clock });
+    c = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0, clock });
     store = await PostgresStore.open(a.database?.url ?? '', { maxConnections: 1 });
   });
   after(async () => {
@@ -35,6 +38,16 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
     const issued = await api<IssuedGrant>(via, a.token, 'POST', 'grants', { scopes: ['datasets/train'] });
     assert.equal(issued.status, 201);
     return issued.body;
+  };
+
+  const waitUntilExpired = async (grants: { id: string }[]) => {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const states = await Promise.all(grants.map(async (grant) => (await store.getGrant(grant.id))?.state));
+      if (states.every((state) => state === 'expired')) return;
+      assert.ok(Date.now() < deadline, `grants did not all expire: ${states.join(', ')}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
   };
 
   it('runs the grant lifecycle with PostgreSQL as the store', async () => {
@@ -69,19 +82,29 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
     const grants = await Promise.all([a, b, c, a, b, c, a, b, c].map((replica) => issue(replica)));
     // heartbeatTimeout 2s, sweepInterval 1s: wait for every grant to lapse, then for a few more
     // sweeps on every replica, so that a replica that expired a grant again would have done so.
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const states = await Promise.all(grants.map(async (grant) => (await store.getGrant(grant.id))?.state));
-      if (states.every((state) => state === 'expired')) break;
-      assert.ok(Date.now() < deadline, `grants did not all expire: ${states.join(', ')}`);
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
+    await waitUntilExpired(grants);
     await new Promise((resolve) => setTimeout(resolve, 2500));
     for (const grant of grants) {
       const expired = (await store.listEvents({ grantId: grant.id })).filter((event) => event.type === 'grant.expired');
       assert.equal(expired.length, 1, `grant ${grant.id} has ${expired.length} grant.expired events`);
       assert.deepEqual(expired[0]?.detail, { reason: 'heartbeat' });
       assert.equal((await readGranted(c.url, grant.credential, FILE)).status, 401);
+    }
+  });
+
+  it('ends each due grant once when the three replicas sweep at the same moment', async () => {
+    const grants = await Promise.all(Array.from({ length: 60 }, (_, index) => issue([a, b, c][index % 3] ?? a)));
+    // Every grant becomes due at once on all three clocks; then all three sweep together (their
+    // interval sweepers may join in too).
+    skewMs += 60_000;
+    const ended = await Promise.all([a.broker.grants.sweep(), b.grants.sweep(), c.grants.sweep()]);
+    assert.ok(ended.reduce((sum, count) => sum + count, 0) <= grants.length, `the sweeps ended ${ended.join(' + ')} grants`);
+    // A sweep already under way when the clock jumped is the one a call joins; the next ones end the rest.
+    await waitUntilExpired(grants);
+    const events = await store.listEvents({});
+    for (const grant of grants) {
+      const expired = events.filter((event) => event.grantId === grant.id && event.type === 'grant.expired');
+      assert.equal(expired.length, 1, `grant ${grant.id} has ${expired.length} grant.expired events`);
     }
   });
 });
