@@ -141,7 +141,7 @@ export function buildApi(options: {
       return reply
         .header('content-type', 'application/octet-stream')
         .header('content-length', target.size)
-        .send(grants.openForGrant(grant.id, target.absolute));
+        .send(grants.openForGrant(grant.id, target.absolute, target.size));
     } catch (error) {
       await grants.recordDataAccess(grant, { ...access, outcome: error instanceof JitError ? error.code : 'error' });
       throw error;

@@ -24,7 +24,7 @@ export class GrantService {
   readonly #store: BrokerStore;
   readonly #clock: Clock;
   readonly #publicUrl: () => string;
-  readonly #streams = new Map<string, Set<ReadStream>>();
+  readonly #streams = new Map<string, Map<ReadStream, number>>();
   #sweeping: Promise<number> | undefined;
 
   constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
@@ -183,19 +183,27 @@ export class GrantService {
    * A file stream that dies with its grant: revocation and expiry cut transfers already under
    * way, not just new requests. (This replica's streams only; see docs/architecture.md.)
    */
-  openForGrant(grantId: string, file: string): ReadStream {
+  openForGrant(grantId: string, file: string, size: number): ReadStream {
     const stream = createReadStream(file);
-    const open = this.#streams.get(grantId) ?? new Set<ReadStream>();
-    this.#streams.set(grantId, open.add(stream));
-    stream.once('close', () => {
+    const open = this.#streams.get(grantId) ?? new Map<ReadStream, number>();
+    this.#streams.set(grantId, open.set(stream, size));
+    const done = () => {
       open.delete(stream);
       if (open.size === 0) this.#streams.delete(grantId);
-    });
+    };
+    stream.once('end', done).once('close', done);
     return stream;
   }
 
+  /**
+   * Cuts the transfers of a grant that still have bytes to read. One whose file is read to the
+   * end is done (its 'end' may lag behind the client's next request), and destroying it would
+   * only reset the client's keep-alive connection.
+   */
   #cutStreams(grantId: string): void {
-    for (const stream of this.#streams.get(grantId) ?? []) stream.destroy(new Error(`grant ${grantId} ended`));
+    for (const [stream, size] of this.#streams.get(grantId) ?? []) {
+      if (stream.bytesRead < size) stream.destroy(new Error(`grant ${grantId} ended`));
+    }
   }
 
   view(grant: GrantRecord): GrantView {
