@@ -2,7 +2,15 @@ import pg from 'pg';
 import { BrokerUnreachableError, JitError, UsageError } from '../../core/errors.ts';
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
-import { type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, type PrincipalRecord } from './store.ts';
+import {
+  type AuditEvent,
+  type BrokerStore,
+  EXPIRE_BATCH,
+  GRANT_COLUMNS,
+  type GrantRecord,
+  grantValues,
+  type PrincipalRecord,
+} from './store.ts';
 
 /** Any fixed 64-bit number: every replica takes the same advisory lock to migrate. */
 const MIGRATION_LOCK = 7_316_245_019;
@@ -129,24 +137,8 @@ export class PostgresStore implements BrokerStore {
   }
 
   async insertGrant(grant: GrantRecord): Promise<void> {
-    await this.#rows(
-      `INSERT INTO grants (id, subject, scopes, reason, state, credential_hash, created_at, expires_at, heartbeat_deadline, ended_at, end_reason, decision)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      [
-        grant.id,
-        grant.subject,
-        JSON.stringify(grant.scopes),
-        grant.reason,
-        grant.state,
-        grant.credentialHash,
-        grant.createdAt,
-        grant.expiresAt,
-        grant.heartbeatDeadline,
-        grant.endedAt,
-        grant.endReason,
-        grant.decision,
-      ],
-    );
+    const placeholders = GRANT_COLUMNS.map((_, index) => `$${index + 1}`).join(', ');
+    await this.#rows(`INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${placeholders})`, grantValues(grant));
   }
 
   async getGrant(id: string): Promise<GrantRecord | undefined> {

@@ -2,7 +2,15 @@ import { chmodSync } from 'node:fs';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
-import { type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, type PrincipalRecord } from './store.ts';
+import {
+  type AuditEvent,
+  type BrokerStore,
+  EXPIRE_BATCH,
+  GRANT_COLUMNS,
+  type GrantRecord,
+  grantValues,
+  type PrincipalRecord,
+} from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
 
@@ -72,24 +80,8 @@ export class SqliteStore implements BrokerStore {
 
   async insertGrant(grant: GrantRecord): Promise<void> {
     this.#db
-      .prepare(
-        `INSERT INTO grants (id, subject, scopes, reason, state, credential_hash, created_at, expires_at, heartbeat_deadline, ended_at, end_reason, decision)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        grant.id,
-        grant.subject,
-        JSON.stringify(grant.scopes),
-        grant.reason,
-        grant.state,
-        grant.credentialHash,
-        grant.createdAt,
-        grant.expiresAt,
-        grant.heartbeatDeadline,
-        grant.endedAt,
-        grant.endReason,
-        grant.decision,
-      );
+      .prepare(`INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${GRANT_COLUMNS.map(() => '?').join(', ')})`)
+      .run(...grantValues(grant));
   }
 
   async getGrant(id: string): Promise<GrantRecord | undefined> {

@@ -22,6 +22,39 @@ export type GrantRecord = {
   decision: string;
 };
 
+/** The grants table's columns in one order, with a record's values in that order: both engines insert through these. */
+export const GRANT_COLUMNS = [
+  'id',
+  'subject',
+  'scopes',
+  'reason',
+  'state',
+  'credential_hash',
+  'created_at',
+  'expires_at',
+  'heartbeat_deadline',
+  'ended_at',
+  'end_reason',
+  'decision',
+] as const;
+
+export function grantValues(grant: GrantRecord): (string | number | null)[] {
+  return [
+    grant.id,
+    grant.subject,
+    JSON.stringify(grant.scopes),
+    grant.reason,
+    grant.state,
+    grant.credentialHash,
+    grant.createdAt,
+    grant.expiresAt,
+    grant.heartbeatDeadline,
+    grant.endedAt,
+    grant.endReason,
+    grant.decision,
+  ];
+}
+
 export type AuditEvent = {
   at: number;
   type: string;
