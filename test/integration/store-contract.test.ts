@@ -155,6 +155,27 @@ for (const engine of [sqlite, postgres]) {
       await assert.rejects(store.insertGrant(grant({ credentialHash: first.credentialHash })), 'a credential hash is unique');
     });
 
+    it('writes a grant and its audit event together, or neither', async () => {
+      const { store } = await fresh();
+      const first = grant();
+      const issued = (record: GrantRecord) => ({
+        at: record.createdAt,
+        type: 'grant.issued',
+        subject: record.subject,
+        grantId: record.id,
+        detail: { n: 1 },
+      });
+      await store.insertGrant(first, issued(first));
+      assert.deepEqual(
+        (await store.listEvents({ grantId: first.id })).map((event) => event.type),
+        ['grant.issued'],
+      );
+      const clash = grant({ credentialHash: first.credentialHash });
+      await assert.rejects(store.insertGrant(clash, issued(clash)));
+      assert.deepEqual(await store.listEvents({ grantId: clash.id }), [], 'no event for a grant that was not written');
+      assert.equal(await store.getGrant(clash.id), undefined);
+    });
+
     it('extends a heartbeat only while the grant is usable', async () => {
       const { store } = await fresh();
       const live = grant();

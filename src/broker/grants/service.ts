@@ -70,12 +70,12 @@ export class GrantService {
       endReason: null,
       decision: JSON.stringify(decision),
     };
-    await this.#store.insertGrant(record);
-    await this.#audit('grant.issued', record, {
-      scopes: record.scopes,
-      ttlSeconds: decision.ttlSeconds,
-      reason: record.reason,
-      decision,
+    await this.#store.insertGrant(record, {
+      at: now,
+      type: 'grant.issued',
+      subject,
+      grantId: record.id,
+      detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
     });
     return { ...this.view(record), credential, env: filesEnv(this.#publicUrl(), credential) };
   }

@@ -136,9 +136,21 @@ export class PostgresStore implements BrokerStore {
     return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
   }
 
-  async insertGrant(grant: GrantRecord): Promise<void> {
-    const placeholders = GRANT_COLUMNS.map((_, index) => `$${index + 1}`).join(', ');
-    await this.#rows(`INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${placeholders})`, grantValues(grant));
+  async insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void> {
+    const values = GRANT_COLUMNS.map((_, index) => `$${index + 1}`).join(', ');
+    const insert = `INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${values})`;
+    if (!event) {
+      await this.#rows(insert, grantValues(grant));
+      return;
+    }
+    // One statement, so the grant and its audit event commit together or not at all.
+    const next = GRANT_COLUMNS.length;
+    await this.#rows(
+      `WITH issued AS (${insert} RETURNING id)
+       INSERT INTO events (at, type, subject, grant_id, detail)
+       SELECT $${next + 1}, $${next + 2}, $${next + 3}, issued.id, $${next + 4} FROM issued`,
+      [...grantValues(grant), event.at, event.type, event.subject, JSON.stringify(event.detail)],
+    );
   }
 
   async getGrant(id: string): Promise<GrantRecord | undefined> {

@@ -1,5 +1,5 @@
 import { chmodSync } from 'node:fs';
-import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
@@ -34,6 +34,7 @@ function toGrant(row: Row): GrantRecord {
 /** The embedded store: one SQLite file in WAL mode, through node:sqlite. */
 export class SqliteStore implements BrokerStore {
   readonly #db: DatabaseSync;
+  readonly #statements = new Map<string, StatementSync>();
 
   constructor(file: string) {
     this.#db = new DatabaseSync(file);
@@ -68,29 +69,42 @@ export class SqliteStore implements BrokerStore {
   }
 
   async addPrincipal(principal: PrincipalRecord): Promise<void> {
-    this.#db
-      .prepare('INSERT INTO principals (subject, token_hash, created_at) VALUES (?, ?, ?)')
-      .run(principal.subject, principal.tokenHash, principal.createdAt);
+    this.#statement('INSERT INTO principals (subject, token_hash, created_at) VALUES (?, ?, ?)').run(
+      principal.subject,
+      principal.tokenHash,
+      principal.createdAt,
+    );
   }
 
   async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
-    const row = this.#db.prepare('SELECT * FROM principals WHERE token_hash = ?').get(tokenHash);
+    const row = this.#statement('SELECT * FROM principals WHERE token_hash = ?').get(tokenHash);
     return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
   }
 
-  async insertGrant(grant: GrantRecord): Promise<void> {
-    this.#db
-      .prepare(`INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${GRANT_COLUMNS.map(() => '?').join(', ')})`)
-      .run(...grantValues(grant));
+  async insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void> {
+    const insert = this.#statement(`INSERT INTO grants (${GRANT_COLUMNS.join(', ')}) VALUES (${GRANT_COLUMNS.map(() => '?').join(', ')})`);
+    if (!event) {
+      insert.run(...grantValues(grant));
+      return;
+    }
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      insert.run(...grantValues(grant));
+      this.#insertEvent(event);
+      this.#db.exec('COMMIT');
+    } catch (error) {
+      this.#db.exec('ROLLBACK');
+      throw error;
+    }
   }
 
   async getGrant(id: string): Promise<GrantRecord | undefined> {
-    const row = this.#db.prepare('SELECT * FROM grants WHERE id = ?').get(id);
+    const row = this.#statement('SELECT * FROM grants WHERE id = ?').get(id);
     return row ? toGrant(row) : undefined;
   }
 
   async findGrantByCredentialHash(credentialHash: string): Promise<GrantRecord | undefined> {
-    const row = this.#db.prepare('SELECT * FROM grants WHERE credential_hash = ?').get(credentialHash);
+    const row = this.#statement('SELECT * FROM grants WHERE credential_hash = ?').get(credentialHash);
     return row ? toGrant(row) : undefined;
   }
 
@@ -106,54 +120,68 @@ export class SqliteStore implements BrokerStore {
       params.push(...filter.states);
     }
     const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
-    return this.#db
-      .prepare(`SELECT * FROM grants ${where} ORDER BY created_at DESC`)
+    return this.#statement(`SELECT * FROM grants ${where} ORDER BY created_at DESC`)
       .all(...params)
       .map(toGrant);
   }
 
   async extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined> {
-    const row = this.#db
-      .prepare(
-        `UPDATE grants SET heartbeat_deadline = ?
+    const row = this.#statement(
+      `UPDATE grants SET heartbeat_deadline = ?
          WHERE id = ? AND state = 'active' AND expires_at > ? AND heartbeat_deadline > ? RETURNING *`,
-      )
-      .get(deadline, id, now, now);
+    ).get(deadline, id, now, now);
     return row ? toGrant(row) : undefined;
   }
 
   async endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined> {
-    const row = this.#db
-      .prepare(`UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = 'active' RETURNING *`)
-      .get(state, reason, at, id);
+    const row = this.#statement(
+      `UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = 'active' RETURNING *`,
+    ).get(state, reason, at, id);
     return row ? toGrant(row) : undefined;
   }
 
   async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
     // One statement, and SQLite has one writer at a time: a grant ends in exactly one sweep.
-    return this.#db
-      .prepare(
-        `UPDATE grants SET state = 'expired', ended_at = ?,
+    return this.#statement(
+      `UPDATE grants SET state = 'expired', ended_at = ?,
            end_reason = CASE WHEN expires_at <= ? THEN 'ttl' ELSE 'heartbeat' END
          WHERE state = 'active' AND id IN (
            SELECT id FROM grants WHERE state = 'active' AND (expires_at <= ? OR heartbeat_deadline <= ?) LIMIT ?
          ) RETURNING *`,
-      )
+    )
       .all(now, now, now, now, limit)
       .map(toGrant);
   }
 
   async appendEvent(event: AuditEvent): Promise<void> {
-    this.#db
-      .prepare('INSERT INTO events (at, type, subject, grant_id, detail) VALUES (?, ?, ?, ?, ?)')
-      .run(event.at, event.type, event.subject, event.grantId, JSON.stringify(event.detail));
+    this.#insertEvent(event);
+  }
+
+  #insertEvent(event: AuditEvent): void {
+    this.#statement('INSERT INTO events (at, type, subject, grant_id, detail) VALUES (?, ?, ?, ?, ?)').run(
+      event.at,
+      event.type,
+      event.subject,
+      event.grantId,
+      JSON.stringify(event.detail),
+    );
+  }
+
+  /** Prepared once per SQL text: compiling a statement costs more than running it. */
+  #statement(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      statement = this.#db.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
   }
 
   async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
     const rows =
       filter.grantId === undefined
-        ? this.#db.prepare('SELECT * FROM events ORDER BY seq').all()
-        : this.#db.prepare('SELECT * FROM events WHERE grant_id = ? ORDER BY seq').all(filter.grantId);
+        ? this.#statement('SELECT * FROM events ORDER BY seq').all()
+        : this.#statement('SELECT * FROM events WHERE grant_id = ? ORDER BY seq').all(filter.grantId);
     return rows.map((row) => ({
       at: Number(row.at),
       type: String(row.type),

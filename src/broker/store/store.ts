@@ -69,7 +69,8 @@ export const EXPIRE_BATCH = 500;
 export interface BrokerStore {
   addPrincipal(principal: PrincipalRecord): Promise<void>;
   findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined>;
-  insertGrant(grant: GrantRecord): Promise<void>;
+  /** Inserts a grant and, when given, its audit event in the same transaction. */
+  insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void>;
   getGrant(id: string): Promise<GrantRecord | undefined>;
   findGrantByCredentialHash(credentialHash: string): Promise<GrantRecord | undefined>;
   listGrants(filter: { subject?: string; states?: readonly GrantState[] }): Promise<GrantRecord[]>;
