@@ -10,7 +10,8 @@ import { performance } from 'node:perf_hooks';
 import { BIN, ROOT, testEnv } from '../helpers/cli.ts';
 import { machineLine, ms, type Stats, stats, writeSection } from './report.ts';
 
-const SECONDS = Number(process.env.JIT_BENCH_SECONDS ?? 5);
+const SECONDS = Number(process.env.JIT_BENCH_SECONDS ?? 3);
+const ROUNDS = Number(process.env.JIT_BENCH_ROUNDS ?? 5);
 const CONCURRENCY = Number(process.env.JIT_BENCH_CONCURRENCY ?? 16);
 const RATE = Number(process.env.JIT_BENCH_RATE ?? 200);
 
@@ -119,10 +120,17 @@ try {
   const rows: string[] = [];
   const rates: number[] = [];
   for (const target of targets) {
-    await throughput({ ...target }).catch((error: Error) => {
-      throw new Error(`warm-up failed: ${error.message}`);
+    await throughput(target).catch((error: Error) => {
+      throw new Error(`warm-up of ${target.name} failed: ${error.message}`);
     });
-    const perSecond = await throughput(target);
+  }
+  // Rounds alternate between the servers, so a noisy neighbour slows both alike; medians of rounds.
+  const perRound = targets.map((): number[] => []);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [index, target] of targets.entries()) perRound[index]?.push(await throughput(target));
+  }
+  for (const [index, target] of targets.entries()) {
+    const perSecond = stats(perRound[index] ?? []).median;
     const latency = await latencyAtRate(target);
     rates.push(perSecond);
     rows.push(`| ${target.name} | ${perSecond.toFixed(0)}/s | ${ms(latency.median)} | ${ms(latency.p99)} |`);
@@ -130,8 +138,8 @@ try {
   const [ceilingRate = 0, brokerRate = 0] = rates;
   const report = `## Issuing grants (\`npm run bench:broker\`)
 
-${machineLine()} Throughput: ${CONCURRENCY} concurrent callers for ${SECONDS} s (after a warm-up of
-the same length). Latency: an open loop of ${RATE} requests a second for ${SECONDS} s. Servers run
+${machineLine()} Throughput: ${CONCURRENCY} concurrent callers for ${SECONDS} s, in ${ROUNDS} rounds
+that alternate between the servers (after a warm-up of each); the median round. Latency: an open loop of ${RATE} requests a second for ${SECONDS} s. Servers run
 as their own processes; the load comes from a third, over loopback.
 
 | server | requests/s | p50 at ${RATE}/s | p99 at ${RATE}/s |
@@ -142,7 +150,7 @@ The broker issues grants at ${((brokerRate / ceilingRate) * 100).toFixed(0)}% of
 issue authenticates the token, parses and checks the scopes, evaluates the policy, writes the
 grant and its audit event, and answers with the credential.
 
-Reproduce: \`npm run bench:broker\` (\`JIT_BENCH_SECONDS\`, \`JIT_BENCH_CONCURRENCY\`, \`JIT_BENCH_RATE\`).
+Reproduce: \`npm run bench:broker\` (\`JIT_BENCH_SECONDS\`, \`JIT_BENCH_ROUNDS\`, \`JIT_BENCH_CONCURRENCY\`, \`JIT_BENCH_RATE\`).
 `;
   await writeSection('broker', report);
   process.stdout.write(report);
