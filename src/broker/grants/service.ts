@@ -1,10 +1,10 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import { AuthError, ConflictError, DeniedError, NotFoundError } from '../../core/errors.ts';
+import { AuthError, ConflictError, DeniedError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
-import { describeApproval, evaluate } from '../policy/evaluate.ts';
+import { type AllowedDecision, describeApproval, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { checkScope } from '../resources.ts';
 import { type BrokerStore, EXPIRE_BATCH, type GrantRecord } from '../store/store.ts';
@@ -41,19 +41,7 @@ export class GrantService {
   }
 
   async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
-    const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
-    const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
-    if (decision.approval.required) {
-      // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
-      const scopesNeeding = decision.explanation.filter((scope) => scope.approval).map((scope) => scope.scope);
-      throw new DeniedError(
-        `${scopesNeeding.join(', ')} ${scopesNeeding.length === 1 ? 'needs' : 'need'} approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
-        {
-          code: 'approval_required',
-          hint: 'request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)',
-        },
-      );
-    }
+    const { scopes, decision } = await this.#decide(subject, request);
     const now = this.#clock.now();
     const credential = newSecret('jitc');
     const record: GrantRecord = {
@@ -203,6 +191,46 @@ export class GrantService {
   #cutStreams(grantId: string): void {
     for (const [stream, size] of this.#streams.get(grantId) ?? []) {
       if (stream.bytesRead < size) stream.destroy(new Error(`grant ${grantId} ended`));
+    }
+  }
+
+  /**
+   * Parses and decides a request. A refusal (bad scope, policy, TTL, approval needed) is an audit
+   * record too, with what was asked and why it was refused: every decision is on the trail.
+   */
+  async #decide(subject: string, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
+    try {
+      const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
+      const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
+      if (decision.approval.required) {
+        // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
+        const scopesNeeding = decision.explanation.filter((scope) => scope.approval).map((scope) => scope.scope);
+        throw new DeniedError(
+          `${scopesNeeding.join(', ')} ${scopesNeeding.length === 1 ? 'needs' : 'need'} approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
+          {
+            code: 'approval_required',
+            hint: 'request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)',
+          },
+        );
+      }
+      return { scopes, decision };
+    } catch (error) {
+      if (error instanceof JitError) {
+        await this.#store.appendEvent({
+          at: this.#clock.now(),
+          type: 'grant.refused',
+          subject,
+          grantId: null,
+          detail: {
+            scopes: request.scopes,
+            ttlSeconds: request.ttlSeconds ?? null,
+            reason: request.reason ?? null,
+            code: error.code,
+            message: error.message,
+          },
+        });
+      }
+      throw error;
     }
   }
 
