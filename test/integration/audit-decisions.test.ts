@@ -11,11 +11,12 @@ describe('every decision is on the audit trail', () => {
   let dir: string;
   let store: SqliteStore;
   let grants: GrantService;
+  let skew = 0;
   before(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'jit-audit-'));
     const config = parseBrokerConfig(initialConfigYaml('user:admin'), path.join(dir, 'broker.yaml'));
     store = new SqliteStore(path.join(dir, 'broker.db'));
-    grants = new GrantService({ config, store, clock: { now: () => Date.now() }, publicUrl: () => 'http://127.0.0.1:1' });
+    grants = new GrantService({ config, store, clock: { now: () => Date.now() + skew }, publicUrl: () => 'http://127.0.0.1:1' });
   });
   after(async () => {
     await store.close();
@@ -52,5 +53,25 @@ describe('every decision is on the audit trail', () => {
       ['grant.issued'],
     );
     assert.ok(!JSON.stringify(events).includes(issued.credential), 'no credential in the audit trail');
+  });
+
+  it('a revocation that finds the grant past its TTL reports and records it as expired', async () => {
+    const issued = await grants.request('user:admin', { scopes: ['datasets/train'], ttlSeconds: 60 });
+    skew = 61_000;
+    try {
+      const receipt = await grants.revoke('user:admin', issued.id);
+      assert.equal(receipt.alreadyEnded, true);
+      assert.equal(receipt.state, 'expired');
+      const events = await store.listEvents({ grantId: issued.id });
+      assert.deepEqual(
+        events.map((event) => [event.type, event.detail.reason ?? null]),
+        [
+          ['grant.issued', null],
+          ['grant.expired', 'ttl'],
+        ],
+      );
+    } finally {
+      skew = 0;
+    }
   });
 });

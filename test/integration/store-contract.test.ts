@@ -176,6 +176,20 @@ for (const engine of [sqlite, postgres]) {
       assert.equal(await store.getGrant(clash.id), undefined);
     });
 
+    it('appends a batch of events in one call, in order', async () => {
+      const { store } = await fresh();
+      await store.appendEvents([]);
+      const batch = ['a', 'b', 'c'].map((name, index) => ({
+        at: 1000 + index,
+        type: `test.${name}`,
+        subject: 'user:ada',
+        grantId: null,
+        detail: { index },
+      }));
+      await store.appendEvents(batch);
+      assert.deepEqual(await store.listEvents({}), batch);
+    });
+
     it('extends a heartbeat only while the grant is usable', async () => {
       const { store } = await fresh();
       const live = grant();

@@ -81,7 +81,7 @@ export class GrantService {
     const now = this.#clock.now();
     const extended = await this.#store.extendHeartbeat(id, now + this.#config.heartbeatTimeoutSeconds * 1000, now);
     if (!extended) {
-      await this.sweep();
+      await this.#expireIfDue(grant, now);
       const current = (await this.#store.getGrant(id)) ?? grant;
       throw new ConflictError(`grant ${id} is ${current.state}${current.endReason ? ` (${current.endReason})` : ''}`, {
         code: 'grant_ended',
@@ -92,9 +92,9 @@ export class GrantService {
   }
 
   async revoke(subject: string, id: string): Promise<RevocationReceipt> {
-    await this.#owned(subject, id);
+    const grant = await this.#owned(subject, id);
     const now = this.#clock.now();
-    await this.sweep();
+    await this.#expireIfDue(grant, now);
     const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
     if (!ended) {
       const current = await this.#owned(subject, id);
@@ -128,15 +128,35 @@ export class GrantService {
   async #sweepAll(): Promise<number> {
     let total = 0;
     for (;;) {
-      const expired = await this.#store.expireDue(this.#clock.now(), EXPIRE_BATCH);
-      for (const grant of expired) {
-        this.#cutStreams(grant.id);
-        await this.#audit('grant.expired', grant, { reason: grant.endReason });
-      }
+      const now = this.#clock.now();
+      const expired = await this.#store.expireDue(now, EXPIRE_BATCH);
+      for (const grant of expired) this.#cutStreams(grant.id);
+      await this.#store.appendEvents(
+        expired.map((grant) => ({
+          at: now,
+          type: 'grant.expired',
+          subject: grant.subject,
+          grantId: grant.id,
+          detail: { reason: grant.endReason },
+        })),
+      );
       total += expired.length;
       if (expired.length < EXPIRE_BATCH) return total;
       await new Promise((resolve) => setImmediate(resolve));
     }
+  }
+
+  /**
+   * Ends one grant that is past its expiry or heartbeat deadline, as the sweeper would, so that
+   * revoke and heartbeat answer with the true end state without waiting for a whole sweep (which
+   * may be draining a backlog). Conditional like every end: whoever ends it first wins.
+   */
+  async #expireIfDue(grant: GrantRecord, now: number): Promise<void> {
+    if (grant.state !== 'active' || (now < grant.expiresAt && now < grant.heartbeatDeadline)) return;
+    const ended = await this.#store.endGrant(grant.id, 'expired', now >= grant.expiresAt ? 'ttl' : 'heartbeat', now);
+    if (!ended) return;
+    this.#cutStreams(ended.id);
+    await this.#audit('grant.expired', ended, { reason: ended.endReason });
   }
 
   /**

@@ -226,6 +226,16 @@ export class PostgresStore implements BrokerStore {
       JSON.stringify(event.detail),
     ]);
   }
+  async appendEvents(events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const rows = events.map(
+      (_, index) => `($${index * 5 + 1}, $${index * 5 + 2}, $${index * 5 + 3}, $${index * 5 + 4}, $${index * 5 + 5})`,
+    );
+    await this.#rows(
+      `INSERT INTO events (at, type, subject, grant_id, detail) VALUES ${rows.join(', ')}`,
+      events.flatMap((event) => [event.at, event.type, event.subject, event.grantId, JSON.stringify(event.detail)]),
+    );
+  }
 
   async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
     const rows =

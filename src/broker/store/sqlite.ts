@@ -157,6 +157,18 @@ export class SqliteStore implements BrokerStore {
     this.#insertEvent(event);
   }
 
+  async appendEvents(events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      for (const event of events) this.#insertEvent(event);
+      this.#db.exec('COMMIT');
+    } catch (error) {
+      this.#db.exec('ROLLBACK');
+      throw error;
+    }
+  }
+
   #insertEvent(event: AuditEvent): void {
     this.#statement('INSERT INTO events (at, type, subject, grant_id, detail) VALUES (?, ?, ?, ?, ?)').run(
       event.at,

@@ -85,6 +85,8 @@ export interface BrokerStore {
    */
   expireDue(now: number, limit?: number): Promise<GrantRecord[]>;
   appendEvent(event: AuditEvent): Promise<void>;
+  /** Appends several events in one transaction (the sweeper's batch), in order. */
+  appendEvents(events: readonly AuditEvent[]): Promise<void>;
   listEvents(filter: { grantId?: string }): Promise<AuditEvent[]>;
   close(): Promise<void>;
 }
