@@ -19,7 +19,11 @@ const systemClock: Clock = { now: () => Date.now() };
  * Creates a broker directory: a documented broker.yaml, the data root, the store and the
  * first admin's API token, which is returned once and kept only as its hash.
  */
-export async function initBroker(dir: string, admin: string): Promise<{ token: string; config: string; subject: string }> {
+export async function initBroker(
+  dir: string,
+  admin: string,
+  options: { postgresUrlEnv?: string } = {},
+): Promise<{ token: string; config: string; subject: string }> {
   const configFile = path.resolve(dir, CONFIG_FILE);
   if (
     await access(configFile).then(
@@ -33,7 +37,7 @@ export async function initBroker(dir: string, admin: string): Promise<{ token: s
     });
   }
   const subject = `user:${admin}`;
-  const yaml = initialConfigYaml(subject);
+  const yaml = initialConfigYaml(subject, options);
   const config = parseBrokerConfig(yaml, configFile);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   for (const resource of Object.values(config.resources)) await mkdir(resource.root, { recursive: true });

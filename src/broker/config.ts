@@ -282,10 +282,18 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
 }
 
 /** The documented starting config `jit broker init` writes. */
-export function initialConfigYaml(adminSubject: string): string {
+export function initialConfigYaml(adminSubject: string, options: { postgresUrlEnv?: string } = {}): string {
+  const store = options.postgresUrlEnv
+    ? `
+# Where grants, principals and events live: PostgreSQL, its URL read from this variable.
+store:
+  engine: postgres
+  urlEnv: ${options.postgresUrlEnv}
+`
+    : '';
   return `# jit broker configuration. Reference: docs/broker-config.md
 version: 1
-
+${store}
 grants:
   # A grant whose holder stops sending heartbeats (its \`jit run\` was killed) lapses after this.
   heartbeatTimeout: 30s
