@@ -5,6 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
 import { api, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { waitFor } from '../helpers/state.ts';
 
 /** A GET whose path goes out exactly as written: fetch() would normalise ".." and "%2e%2e" away. */
 function rawGet(base: string, rawPath: string, credential: string): Promise<{ status: number; text: string }> {
@@ -22,16 +23,6 @@ function rawGet(base: string, rawPath: string, credential: string): Promise<{ st
 }
 
 type ErrorBody = { error: { code: string; message: string; hint?: string } };
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 describe('broker API', () => {
   let broker: TestBroker;

@@ -6,8 +6,10 @@ import {
   type AuditEvent,
   type BrokerStore,
   EXPIRE_BATCH,
+  eventFromRow,
   GRANT_COLUMNS,
   type GrantRecord,
+  grantFromRow,
   grantValues,
   type PrincipalRecord,
 } from './store.ts';
@@ -17,26 +19,10 @@ const MIGRATION_LOCK = 7_316_245_019;
 
 type Row = Record<string, unknown>;
 
-const nullableNumber = (value: unknown) => (value === null ? null : Number(value));
-const nullableString = (value: unknown) => (value === null ? null : String(value));
-
 // BIGINT columns arrive as strings (pg keeps 64 bits exact); epoch milliseconds fit a double.
-function toGrant(row: Row): GrantRecord {
-  return {
-    id: String(row.id),
-    subject: String(row.subject),
-    scopes: row.scopes as string[],
-    reason: nullableString(row.reason),
-    state: String(row.state) as GrantState,
-    credentialHash: String(row.credential_hash),
-    createdAt: Number(row.created_at),
-    expiresAt: Number(row.expires_at),
-    heartbeatDeadline: Number(row.heartbeat_deadline),
-    endedAt: nullableNumber(row.ended_at),
-    endReason: nullableString(row.end_reason),
-    decision: String(row.decision),
-  };
-}
+/** JSON columns arrive decoded from JSONB. */
+const asDecoded = (value: unknown): unknown => value;
+const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: asDecoded });
 
 /** Where the URL points, without its password, for error messages. */
 export function describeDatabase(url: string): string {
@@ -242,13 +228,7 @@ export class PostgresStore implements BrokerStore {
       filter.grantId === undefined
         ? await this.#rows('SELECT * FROM events ORDER BY seq')
         : await this.#rows('SELECT * FROM events WHERE grant_id = $1 ORDER BY seq', [filter.grantId]);
-    return rows.map((row) => ({
-      at: Number(row.at),
-      type: String(row.type),
-      subject: nullableString(row.subject),
-      grantId: nullableString(row.grant_id),
-      detail: row.detail as Record<string, unknown>,
-    }));
+    return rows.map((row) => eventFromRow({ row, json: asDecoded }));
   }
 
   async close(): Promise<void> {

@@ -6,30 +6,19 @@ import {
   type AuditEvent,
   type BrokerStore,
   EXPIRE_BATCH,
+  eventFromRow,
   GRANT_COLUMNS,
   type GrantRecord,
+  grantFromRow,
   grantValues,
   type PrincipalRecord,
 } from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
 
-function toGrant(row: Row): GrantRecord {
-  return {
-    id: String(row.id),
-    subject: String(row.subject),
-    scopes: JSON.parse(String(row.scopes)) as string[],
-    reason: row.reason === null ? null : String(row.reason),
-    state: String(row.state) as GrantState,
-    credentialHash: String(row.credential_hash),
-    createdAt: Number(row.created_at),
-    expiresAt: Number(row.expires_at),
-    heartbeatDeadline: Number(row.heartbeat_deadline),
-    endedAt: row.ended_at === null ? null : Number(row.ended_at),
-    endReason: row.end_reason === null ? null : String(row.end_reason),
-    decision: String(row.decision),
-  };
-}
+/** JSON columns are TEXT on SQLite. */
+const fromText = (value: unknown): unknown => JSON.parse(String(value));
+const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: fromText });
 
 /** The embedded store: one SQLite file in WAL mode, through node:sqlite. */
 export class SqliteStore implements BrokerStore {
@@ -194,13 +183,7 @@ export class SqliteStore implements BrokerStore {
       filter.grantId === undefined
         ? this.#statement('SELECT * FROM events ORDER BY seq').all()
         : this.#statement('SELECT * FROM events WHERE grant_id = ? ORDER BY seq').all(filter.grantId);
-    return rows.map((row) => ({
-      at: Number(row.at),
-      type: String(row.type),
-      subject: row.subject === null ? null : String(row.subject),
-      grantId: row.grant_id === null ? null : String(row.grant_id),
-      detail: JSON.parse(String(row.detail)) as Record<string, unknown>,
-    }));
+    return rows.map((row) => eventFromRow({ row, json: fromText }));
   }
 
   async close(): Promise<void> {

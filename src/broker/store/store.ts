@@ -55,6 +55,42 @@ export function grantValues(grant: GrantRecord): (string | number | null)[] {
   ];
 }
 
+/**
+ * A row of the grants or events table as a record. The engines differ only in how a JSON column
+ * arrives: TEXT to parse on SQLite, already decoded JSONB on PostgreSQL, hence `json`.
+ */
+type RowReader = { row: Record<string, unknown>; json: (value: unknown) => unknown };
+
+const nullableString = (value: unknown) => (value === null || value === undefined ? null : String(value));
+const nullableNumber = (value: unknown) => (value === null || value === undefined ? null : Number(value));
+
+export function grantFromRow({ row, json }: RowReader): GrantRecord {
+  return {
+    id: String(row.id),
+    subject: String(row.subject),
+    scopes: json(row.scopes) as string[],
+    reason: nullableString(row.reason),
+    state: String(row.state) as GrantState,
+    credentialHash: String(row.credential_hash),
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    heartbeatDeadline: Number(row.heartbeat_deadline),
+    endedAt: nullableNumber(row.ended_at),
+    endReason: nullableString(row.end_reason),
+    decision: String(row.decision),
+  };
+}
+
+export function eventFromRow({ row, json }: RowReader): AuditEvent {
+  return {
+    at: Number(row.at),
+    type: String(row.type),
+    subject: nullableString(row.subject),
+    grantId: nullableString(row.grant_id),
+    detail: json(row.detail) as Record<string, unknown>,
+  };
+}
+
 export type AuditEvent = {
   at: number;
   type: string;
