@@ -4,6 +4,7 @@ import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
+import { canonicalUrl } from '../core/url.ts';
 import { FILES_ACTIONS } from './providers/files.ts';
 import { resolveStoreConfig, type StoreConfig, storeSchema } from './store/config.ts';
 
@@ -85,10 +86,7 @@ const GROUP_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
 const schema = z
   .strictObject({
     version: z.literal(1),
-    publicUrl: z
-      .url()
-      .transform((url) => url.replace(/\/+$/, ''))
-      .optional(),
+    publicUrl: z.url().transform(canonicalUrl).optional(),
     grants: z
       .strictObject({
         heartbeatTimeout: duration.default(30),

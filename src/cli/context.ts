@@ -1,6 +1,7 @@
 import { BrokerClient } from '../client/broker-client.ts';
 import { type GrantAuth, LocalConfig, type LocalGrant } from '../config/local.ts';
 import { AuthError, UsageError } from '../core/errors.ts';
+import { sameUrl } from '../core/url.ts';
 import { accounts, type KeychainMode, openSecretStore, type SecretStore } from '../secrets/store.ts';
 import type { Output } from './output.ts';
 
@@ -82,10 +83,6 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
     },
   };
   return context;
-}
-
-function sameUrl(a: string, b: string): boolean {
-  return a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
 }
 
 /** JIT_KEYCHAIN_BINDING pins one keychain binding (keytar or napi-keyring); tests use it to cover both. */

@@ -1,6 +1,7 @@
 import type { Got, HTTPError, RequestError } from 'got';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
+import { canonicalUrl } from '../core/url.ts';
 
 export type ClientOptions = {
   brokerUrl: string;
@@ -21,7 +22,7 @@ export class BrokerClient {
   #got: Promise<{ http: Got; HTTPError: typeof HTTPError; RequestError: typeof RequestError }> | undefined;
 
   constructor(options: ClientOptions) {
-    this.brokerUrl = options.brokerUrl.replace(/\/+$/, '');
+    this.brokerUrl = canonicalUrl(options.brokerUrl);
     this.#options = options;
     this.#hasToken = Boolean(options.token);
   }

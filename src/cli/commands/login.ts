@@ -1,6 +1,7 @@
 import { text } from 'node:stream/consumers';
 import { BrokerClient } from '../../client/broker-client.ts';
 import { KeychainError, UsageError } from '../../core/errors.ts';
+import { canonicalUrl } from '../../core/url.ts';
 import { accounts } from '../../secrets/store.ts';
 import type { CommandDefinition } from '../command.ts';
 
@@ -12,9 +13,8 @@ export const login: CommandDefinition = {
       .option('--broker <url>', 'the broker URL, e.g. https://jit.example.com')
       .option('--token-stdin', 'read the token from standard input instead of prompting for it'),
   async handler({ options }, ctx) {
-    const brokerUrl = String(options.broker ?? ctx.env.JIT_BROKER_URL ?? ctx.config.profile(ctx.options.profile)?.brokerUrl ?? '').replace(
-      /\/+$/,
-      '',
+    const brokerUrl = canonicalUrl(
+      String(options.broker ?? ctx.env.JIT_BROKER_URL ?? ctx.config.profile(ctx.options.profile)?.brokerUrl ?? ''),
     );
     if (!brokerUrl) throw new UsageError('no broker URL given', { hint: 'pass --broker URL' });
     if (!/^https?:\/\/[^/]+/.test(brokerUrl))
