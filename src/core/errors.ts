@@ -57,6 +57,13 @@ export class DeniedError extends JitError {
   }
 }
 
+/** The caller is known but its token's roles do not allow the call (docs/principals.md). */
+export class ForbiddenError extends JitError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, ExitCode.denied, 403, 'forbidden', options);
+  }
+}
+
 export class NotFoundError extends JitError {
   constructor(message: string, options?: ErrorOptions) {
     super(message, ExitCode.notFound, 404, 'not_found', options);

@@ -100,7 +100,8 @@ export function buildApi(options: {
       throw error;
     }
   };
-  const principal = (request: FastifyRequest) => guarded(request, () => grants.authenticate(bearer(request)));
+  const principal = async (request: FastifyRequest) => (await caller(request)).subject;
+  const caller = (request: FastifyRequest) => guarded(request, () => grants.authenticate(bearer(request)));
 
   app.get('/v1/health', async () => ({ status: 'ok', version: options.version }));
   const document = openApiDocument(options.version);
