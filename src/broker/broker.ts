@@ -2,16 +2,23 @@ import { access, mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ConflictError, UsageError } from '../core/errors.ts';
-import { hashSecret, newSecret } from '../core/ids.ts';
 import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
 import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
+import { BROKER_HOST, PrincipalService } from './principals/service.ts';
 import { openStore } from './store/index.ts';
 
 export const CONFIG_FILE = 'broker.yaml';
 
-export type RunningBroker = { url: string; config: BrokerConfig; app: FastifyInstance; grants: GrantService; close(): Promise<void> };
+export type RunningBroker = {
+  url: string;
+  config: BrokerConfig;
+  app: FastifyInstance;
+  grants: GrantService;
+  principals: PrincipalService;
+  close(): Promise<void>;
+};
 
 const systemClock: Clock = { now: () => Date.now() };
 
@@ -42,9 +49,10 @@ export async function initBroker(
   await mkdir(dir, { recursive: true, mode: 0o700 });
   for (const resource of Object.values(config.resources)) await mkdir(resource.root, { recursive: true });
   const store = await openStore(config);
-  const token = newSecret('jit');
+  let token: string;
   try {
-    await store.addPrincipal({ subject, tokenHash: hashSecret(token), createdAt: Date.now() });
+    const principals = new PrincipalService({ store, clock: systemClock });
+    ({ token } = await principals.create(BROKER_HOST, { subject, roles: ['admin'], label: 'jit broker init' }));
   } finally {
     await store.close();
   }
@@ -75,8 +83,10 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   await checkResourceRoots(config, configFile);
   const store = await openStore(config);
   let url = '';
-  const grants = new GrantService({ config, store, clock: options.clock ?? systemClock, publicUrl: () => config.publicUrl ?? url });
-  const app = buildApi({ config, grants, version: VERSION });
+  const clock = options.clock ?? systemClock;
+  const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url });
+  const principals = new PrincipalService({ store, clock });
+  const app = buildApi({ config, grants, principals, version: VERSION });
   try {
     await app.listen({ host: options.host, port: options.port });
   } catch (error) {
@@ -106,6 +116,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     config,
     app,
     grants,
+    principals,
     close: () => {
       closing ??= (async () => {
         clearInterval(sweeper);

@@ -4,11 +4,13 @@ import path from 'node:path';
 import { initBroker, type RunningBroker, startBroker } from '../../src/broker/broker.ts';
 import type { Clock } from '../../src/broker/grants/service.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
-import { hashSecret } from '../../src/core/ids.ts';
+import type { Role } from '../../src/core/caller.ts';
+import { hashSecret, newId } from '../../src/core/ids.ts';
 import { createTestDatabase, type TestDatabase } from './postgres.ts';
 
 export type TestBroker = {
   url: string;
+  /** The admin token `jit broker init` minted (subject user:admin). */
   token: string;
   dir: string;
   dataDir: string;
@@ -85,11 +87,29 @@ async function usePostgres(dir: string, token: string): Promise<TestDatabase> {
   await writeFile(configFile, `${await readFile(configFile, 'utf8')}\nstore:\n  engine: postgres\n  url: ${database.url}\n`);
   const store = await PostgresStore.open(database.url, { maxConnections: 1 });
   try {
-    await store.addPrincipal({ subject: 'user:admin', tokenHash: hashSecret(token), createdAt: Date.now() });
+    await store.addPrincipal({
+      tokenId: newId('tok'),
+      subject: 'user:admin',
+      tokenHash: hashSecret(token),
+      roles: ['admin'],
+      label: 'jit broker init',
+      createdBy: 'local:broker-host',
+      createdAt: Date.now(),
+      revokedAt: null,
+    });
   } finally {
     await store.close();
   }
   return database;
+}
+
+/**
+ * Mints an API token for `subject` with exactly `roles` on the running broker (through its
+ * PrincipalService, so into whichever store it runs on) and returns the token.
+ */
+export async function createToken(broker: TestBroker, subject: string, roles: Role[], label?: string): Promise<string> {
+  const created = await broker.broker.principals.create('user:admin', { subject, roles, ...(label === undefined ? {} : { label }) });
+  return created.token;
 }
 
 /** Calls the broker's API directly, as an admin would, to check what jit did. */

@@ -33,6 +33,7 @@ describe('the OpenAPI document', () => {
     const app = buildApi({
       config: broker.broker.config,
       grants: broker.broker.grants,
+      principals: broker.broker.principals,
       version: 'test',
       onRoute: (route) => routes.push(`${route.method} ${route.url}`),
     });

@@ -7,7 +7,7 @@ import { after, describe, it } from 'node:test';
 import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
-import type { BrokerStore, GrantRecord } from '../../src/broker/store/store.ts';
+import type { BrokerStore, GrantRecord, PrincipalRecord } from '../../src/broker/store/store.ts';
 import type { GrantState } from '../../src/core/grant.ts';
 import { createTestDatabase, postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
 
@@ -95,6 +95,21 @@ function grant(overrides: Partial<GrantRecord> = {}): GrantRecord {
   };
 }
 
+function principal(overrides: Partial<PrincipalRecord> = {}): PrincipalRecord {
+  serial += 1;
+  return {
+    tokenId: `tok_${serial}_${Math.random().toString(36).slice(2, 8)}`,
+    subject: 'user:ada',
+    tokenHash: `token-hash-${serial}-${Math.random()}`,
+    roles: ['requester'],
+    label: null,
+    createdBy: 'user:root',
+    createdAt: T0 + serial,
+    revokedAt: null,
+    ...overrides,
+  };
+}
+
 async function drain(store: BrokerStore, now: number, limit: number): Promise<string[]> {
   const ended: string[] = [];
   for (;;) {
@@ -121,12 +136,45 @@ for (const engine of [sqlite, postgres]) {
       return { db, store };
     }
 
-    it('finds principals by token hash only', async () => {
+    it('finds principals by token hash only, roles and all', async () => {
       const { store } = await fresh();
-      await store.addPrincipal({ subject: 'user:ada', tokenHash: 'h1', createdAt: T0 });
-      assert.deepEqual(await store.findPrincipalByTokenHash('h1'), { subject: 'user:ada', tokenHash: 'h1', createdAt: T0 });
+      const ada = principal({ tokenHash: 'h1', roles: ['requester', 'approver'], label: 'laptop' });
+      await store.addPrincipal(ada);
+      assert.deepEqual(await store.findPrincipalByTokenHash('h1'), ada);
       assert.equal(await store.findPrincipalByTokenHash('h2'), undefined);
-      await assert.rejects(store.addPrincipal({ subject: 'user:bob', tokenHash: 'h1', createdAt: T0 }));
+      await assert.rejects(store.addPrincipal(principal({ subject: 'user:bob', tokenHash: 'h1' })), 'a token hash is unique');
+      await assert.rejects(store.addPrincipal(principal({ tokenId: ada.tokenId })), 'a token id is unique');
+      assert.deepEqual(await store.listPrincipals(), [ada], 'a refused insert leaves nothing behind');
+    });
+
+    it('writes a token and its audit event together, or neither', async () => {
+      const { store } = await fresh();
+      const ada = principal();
+      const event = { at: T0, type: 'token.created', subject: ada.subject, grantId: null, detail: { tokenId: ada.tokenId } };
+      await store.addPrincipal(ada, event);
+      await assert.rejects(store.addPrincipal(principal({ tokenHash: ada.tokenHash }), { ...event, detail: { tokenId: 'dup' } }));
+      assert.deepEqual(await store.listEvents({}), [event]);
+    });
+
+    it('revokes a token once: it stops authenticating, stays listed, and its event is written with it', async () => {
+      const { store } = await fresh();
+      const ada = principal({ createdAt: T0 });
+      const bob = principal({ subject: 'user:bob', createdAt: T0 + 1 });
+      await store.addPrincipal(ada);
+      await store.addPrincipal(bob);
+      const event = { at: T0 + 5, type: 'token.revoked', grantId: null, detail: { tokenId: ada.tokenId, by: 'user:root' } };
+      const results = await Promise.all([
+        store.revokePrincipal(ada.tokenId, T0 + 5, event),
+        store.revokePrincipal(ada.tokenId, T0 + 5, event),
+      ]);
+      assert.equal(results.filter(Boolean).length, 1, 'exactly one of two concurrent revocations changes the token');
+      assert.deepEqual(results.find(Boolean), { ...ada, revokedAt: T0 + 5 });
+      assert.equal(await store.findPrincipalByTokenHash(ada.tokenHash), undefined);
+      assert.deepEqual(await store.findPrincipalByTokenHash(bob.tokenHash), bob);
+      assert.deepEqual(await store.listPrincipals(), [{ ...ada, revokedAt: T0 + 5 }, bob], 'oldest first, revoked ones too');
+      assert.deepEqual(await store.listEvents({}), [{ ...event, subject: 'user:ada' }]);
+      assert.equal(await store.revokePrincipal('tok_nope', T0 + 7, event), undefined);
+      assert.equal((await store.listEvents({})).length, 1, 'no event when nothing changed');
     });
 
     it('stores grants whole and lists them newest first by subject and state', async () => {
@@ -333,7 +381,10 @@ describe('store: sqlite files from before migrations', () => {
     old.close();
     const store = new SqliteStore(file);
     after(() => store.close());
-    assert.equal((await store.findPrincipalByTokenHash('tokenhash'))?.subject, 'user:admin');
+    const admin = await store.findPrincipalByTokenHash('tokenhash');
+    assert.equal(admin?.subject, 'user:admin');
+    assert.deepEqual(admin?.roles, ['admin'], 'a token from before roles is an admin token');
+    assert.match(admin?.tokenId ?? '', /^tok_[0-9a-f]{20}$/);
     assert.deepEqual((await store.getGrant('g_old'))?.scopes, ['datasets/train:read']);
     assert.deepEqual(
       (await store.expireDue(T0, 10)).map((record) => record.id),

@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { JitError, UsageError } from '../../core/errors.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
+import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
@@ -26,13 +27,14 @@ function bearer(request: FastifyRequest): string | undefined {
 export function buildApi(options: {
   config: BrokerConfig;
   grants: GrantService;
+  principals: PrincipalService;
   version: string;
   /** Failed-authentication budget per source address (default 20 a minute). */
   authFailures?: { limit?: number; windowMs?: number };
   /** Told of every route as it is registered (the OpenAPI test compares them with the document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }): FastifyInstance {
-  const { config, grants } = options;
+  const { config, grants, principals } = options;
   const app = Fastify({
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
@@ -101,7 +103,7 @@ export function buildApi(options: {
     }
   };
   const principal = async (request: FastifyRequest) => (await caller(request)).subject;
-  const caller = (request: FastifyRequest) => guarded(request, () => grants.authenticate(bearer(request)));
+  const caller = (request: FastifyRequest) => guarded(request, () => principals.authenticate(bearer(request)));
 
   app.get('/v1/health', async () => ({ status: 'ok', version: options.version }));
   const document = openApiDocument(options.version);

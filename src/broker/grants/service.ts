@@ -1,5 +1,4 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import type { Caller } from '../../core/caller.ts';
 import { AuthError, ConflictError, DeniedError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
@@ -33,13 +32,6 @@ export class GrantService {
     this.#store = options.store;
     this.#clock = options.clock;
     this.#publicUrl = options.publicUrl;
-  }
-
-  async authenticate(token: string | undefined): Promise<Caller> {
-    const principal = token ? await this.#store.findPrincipalByTokenHash(hashSecret(token)) : undefined;
-    if (!principal) throw new AuthError(token ? 'the API token is not valid' : 'no API token was sent');
-    // Every token is an admin's until tokens carry roles (docs/principals.md).
-    return { subject: principal.subject, roles: ['admin'], tokenId: principal.tokenHash.slice(0, 12) };
   }
 
   async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {

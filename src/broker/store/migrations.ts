@@ -98,6 +98,31 @@ export const MIGRATIONS: readonly Migration[] = [
     sqlite: 'DROP INDEX IF EXISTS grants_active;',
     postgres: 'DROP INDEX IF EXISTS grants_active;',
   },
+  {
+    version: 4,
+    name: 'principal tokens: public id, roles, label, creator, revocation',
+    // Tokens made before roles existed (broker init's) were all an admin's, so they stay admin.
+    // token_id is what lists show and revoke names; the hash stays the lookup key.
+    sqlite: `
+      ALTER TABLE principals ADD COLUMN token_id TEXT;
+      ALTER TABLE principals ADD COLUMN roles TEXT;
+      ALTER TABLE principals ADD COLUMN label TEXT;
+      ALTER TABLE principals ADD COLUMN created_by TEXT;
+      ALTER TABLE principals ADD COLUMN revoked_at INTEGER;
+      UPDATE principals SET token_id = 'tok_' || lower(hex(randomblob(10))), roles = '["admin"]';
+      CREATE UNIQUE INDEX principals_token_id ON principals (token_id);
+    `,
+    postgres: `
+      ALTER TABLE principals ADD COLUMN token_id TEXT;
+      ALTER TABLE principals ADD COLUMN roles JSONB;
+      ALTER TABLE principals ADD COLUMN label TEXT;
+      ALTER TABLE principals ADD COLUMN created_by TEXT;
+      ALTER TABLE principals ADD COLUMN revoked_at BIGINT;
+      UPDATE principals SET token_id = 'tok_' || substr(md5(random()::text || token_hash), 1, 20), roles = '["admin"]';
+      ALTER TABLE principals ALTER COLUMN token_id SET NOT NULL, ALTER COLUMN roles SET NOT NULL;
+      CREATE UNIQUE INDEX principals_token_id ON principals (token_id);
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

@@ -11,7 +11,10 @@ import {
   type GrantRecord,
   grantFromRow,
   grantValues,
+  PRINCIPAL_COLUMNS,
   type PrincipalRecord,
+  principalFromRow,
+  principalValues,
 } from './store.ts';
 
 /** Any fixed 64-bit number: every replica takes the same advisory lock to migrate. */
@@ -23,6 +26,7 @@ type Row = Record<string, unknown>;
 /** JSON columns arrive decoded from JSONB. */
 const asDecoded = (value: unknown): unknown => value;
 const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: asDecoded });
+const toPrincipal = (row: Row): PrincipalRecord => principalFromRow({ row, json: asDecoded });
 
 /** Where the URL points, without its password, for error messages. */
 export function describeDatabase(url: string): string {
@@ -109,17 +113,45 @@ export class PostgresStore implements BrokerStore {
     return (await this.#pool.query(sql, params)).rows as Row[];
   }
 
-  async addPrincipal(principal: PrincipalRecord): Promise<void> {
-    await this.#rows('INSERT INTO principals (subject, token_hash, created_at) VALUES ($1, $2, $3)', [
-      principal.subject,
-      principal.tokenHash,
-      principal.createdAt,
-    ]);
+  async addPrincipal(principal: PrincipalRecord, event?: AuditEvent): Promise<void> {
+    const values = PRINCIPAL_COLUMNS.map((_, index) => `$${index + 1}`).join(', ');
+    const insert = `INSERT INTO principals (${PRINCIPAL_COLUMNS.join(', ')}) VALUES (${values})`;
+    if (!event) {
+      await this.#rows(insert, principalValues(principal));
+      return;
+    }
+    // One statement, so the token and its audit event commit together or not at all.
+    const next = PRINCIPAL_COLUMNS.length;
+    await this.#rows(
+      `WITH added AS (${insert} RETURNING token_id)
+       INSERT INTO events (at, type, subject, grant_id, detail)
+       SELECT $${next + 1}, $${next + 2}, $${next + 3}, NULL, $${next + 4} FROM added`,
+      [...principalValues(principal), event.at, event.type, event.subject, JSON.stringify(event.detail)],
+    );
   }
 
   async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
-    const [row] = await this.#rows('SELECT * FROM principals WHERE token_hash = $1', [tokenHash]);
-    return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
+    const [row] = await this.#rows('SELECT * FROM principals WHERE token_hash = $1 AND revoked_at IS NULL', [tokenHash]);
+    return row ? toPrincipal(row) : undefined;
+  }
+
+  async listPrincipals(): Promise<PrincipalRecord[]> {
+    return (await this.#rows('SELECT * FROM principals ORDER BY created_at, token_id')).map(toPrincipal);
+  }
+
+  /** One statement: the conditional update and its audit event commit together, and only one revoker wins. */
+  async revokePrincipal(tokenId: string, at: number, event: Omit<AuditEvent, 'subject'>): Promise<PrincipalRecord | undefined> {
+    const [row] = await this.#rows(
+      `WITH revoked AS (
+         UPDATE principals SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL RETURNING *
+       ), audited AS (
+         INSERT INTO events (at, type, subject, grant_id, detail)
+         SELECT $3, $4, revoked.subject, $5, $6 FROM revoked
+       )
+       SELECT * FROM revoked`,
+      [at, tokenId, event.at, event.type, event.grantId, JSON.stringify(event.detail)],
+    );
+    return row ? toPrincipal(row) : undefined;
   }
 
   async insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void> {

@@ -11,7 +11,10 @@ import {
   type GrantRecord,
   grantFromRow,
   grantValues,
+  PRINCIPAL_COLUMNS,
   type PrincipalRecord,
+  principalFromRow,
+  principalValues,
 } from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
@@ -19,6 +22,7 @@ type Row = Record<string, SQLInputValue>;
 /** JSON columns are TEXT on SQLite. */
 const fromText = (value: unknown): unknown => JSON.parse(String(value));
 const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: fromText });
+const toPrincipal = (row: Row): PrincipalRecord => principalFromRow({ row, json: fromText });
 
 /** The embedded store: one SQLite file in WAL mode, through node:sqlite. */
 export class SqliteStore implements BrokerStore {
@@ -57,17 +61,47 @@ export class SqliteStore implements BrokerStore {
     }
   }
 
-  async addPrincipal(principal: PrincipalRecord): Promise<void> {
-    this.#statement('INSERT INTO principals (subject, token_hash, created_at) VALUES (?, ?, ?)').run(
-      principal.subject,
-      principal.tokenHash,
-      principal.createdAt,
+  async addPrincipal(principal: PrincipalRecord, event?: AuditEvent): Promise<void> {
+    const insert = this.#statement(
+      `INSERT INTO principals (${PRINCIPAL_COLUMNS.join(', ')}) VALUES (${PRINCIPAL_COLUMNS.map(() => '?').join(', ')})`,
     );
+    this.#transaction(() => {
+      insert.run(...principalValues(principal));
+      if (event) this.#insertEvent(event);
+    });
   }
 
   async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
-    const row = this.#statement('SELECT * FROM principals WHERE token_hash = ?').get(tokenHash);
-    return row ? { subject: String(row.subject), tokenHash: String(row.token_hash), createdAt: Number(row.created_at) } : undefined;
+    const row = this.#statement('SELECT * FROM principals WHERE token_hash = ? AND revoked_at IS NULL').get(tokenHash);
+    return row ? toPrincipal(row) : undefined;
+  }
+
+  async listPrincipals(): Promise<PrincipalRecord[]> {
+    return this.#statement('SELECT * FROM principals ORDER BY created_at, token_id').all().map(toPrincipal);
+  }
+
+  async revokePrincipal(tokenId: string, at: number, event: Omit<AuditEvent, 'subject'>): Promise<PrincipalRecord | undefined> {
+    const revoke = this.#statement('UPDATE principals SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL RETURNING *');
+    return this.#transaction(() => {
+      const row = revoke.get(at, tokenId);
+      if (!row) return undefined;
+      const principal = toPrincipal(row);
+      this.#insertEvent({ ...event, subject: principal.subject });
+      return principal;
+    });
+  }
+
+  /** Runs `work` in one IMMEDIATE transaction: all of it commits, or none. */
+  #transaction<T>(work: () => T): T {
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      const result = work();
+      this.#db.exec('COMMIT');
+      return result;
+    } catch (error) {
+      this.#db.exec('ROLLBACK');
+      throw error;
+    }
   }
 
   async insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void> {

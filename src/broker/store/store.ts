@@ -1,3 +1,4 @@
+import type { Role } from '../../core/caller.ts';
 import type { GrantState } from '../../core/grant.ts';
 
 /**
@@ -5,7 +6,37 @@ import type { GrantState } from '../../core/grant.ts';
  * conditional updates are single statements so that replicas sharing a database never race a
  * grant into two end states. Times are epoch milliseconds.
  */
-export type PrincipalRecord = { subject: string; tokenHash: string; createdAt: number };
+/**
+ * One API token of a principal (docs/principals.md). `tokenId` is public (lists, revoke); the
+ * token itself is never stored, only `tokenHash`, which is what authentication looks up.
+ */
+export type PrincipalRecord = {
+  tokenId: string;
+  subject: string;
+  tokenHash: string;
+  roles: Role[];
+  label: string | null;
+  /** Who minted it: an admin's subject, or `local:broker-host` for `--dir` and `jit broker init`. */
+  createdBy: string | null;
+  createdAt: number;
+  revokedAt: number | null;
+};
+
+/** The principals table's columns in one order, with a record's values in that order: both engines insert through these. */
+export const PRINCIPAL_COLUMNS = ['token_id', 'subject', 'token_hash', 'roles', 'label', 'created_by', 'created_at', 'revoked_at'] as const;
+
+export function principalValues(principal: PrincipalRecord): (string | number | null)[] {
+  return [
+    principal.tokenId,
+    principal.subject,
+    principal.tokenHash,
+    JSON.stringify(principal.roles),
+    principal.label,
+    principal.createdBy,
+    principal.createdAt,
+    principal.revokedAt,
+  ];
+}
 
 export type GrantRecord = {
   id: string;
@@ -81,6 +112,19 @@ export function grantFromRow({ row, json }: RowReader): GrantRecord {
   };
 }
 
+export function principalFromRow({ row, json }: RowReader): PrincipalRecord {
+  return {
+    tokenId: String(row.token_id),
+    subject: String(row.subject),
+    tokenHash: String(row.token_hash),
+    roles: json(row.roles) as Role[],
+    label: nullableString(row.label),
+    createdBy: nullableString(row.created_by),
+    createdAt: Number(row.created_at),
+    revokedAt: nullableNumber(row.revoked_at),
+  };
+}
+
 export function eventFromRow({ row, json }: RowReader): AuditEvent {
   return {
     at: Number(row.at),
@@ -103,8 +147,17 @@ export type AuditEvent = {
 export const EXPIRE_BATCH = 500;
 
 export interface BrokerStore {
-  addPrincipal(principal: PrincipalRecord): Promise<void>;
+  /** Inserts a principal's token and, when given, its audit event in the same transaction. */
+  addPrincipal(principal: PrincipalRecord, event?: AuditEvent): Promise<void>;
+  /** The token behind a hash, unless it is revoked: a revoked token stops authenticating at once. */
   findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined>;
+  /** Every token, revoked ones too, oldest first. */
+  listPrincipals(): Promise<PrincipalRecord[]>;
+  /**
+   * Revokes a token that is not revoked yet at `at`, with `event` (its subject: the token's) in the
+   * same transaction; undefined when there is no such token or it was already revoked.
+   */
+  revokePrincipal(tokenId: string, at: number, event: Omit<AuditEvent, 'subject'>): Promise<PrincipalRecord | undefined>;
   /** Inserts a grant and, when given, its audit event in the same transaction. */
   insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void>;
   getGrant(id: string): Promise<GrantRecord | undefined>;
