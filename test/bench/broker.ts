@@ -1,160 +1,148 @@
-// `npm run bench:broker`: how fast the broker issues grants, against the ceiling of a bare Fastify
-// route doing one store write on the same engine, in one run (docs/benchmarks.md). Both servers
-// run as their own processes; this process only generates load, bounded in count and time, on
-// loopback. Target (issue 3): issue rate at least half of the ceiling.
-import { type ChildProcess, spawn } from 'node:child_process';
+// `npm run bench:broker`: how fast the broker issues grants, on SQLite and on PostgreSQL, each
+// against the ceiling of a bare Fastify route doing one write to the same store; then how soon a
+// revocation on one of three replicas is refused by the others (test/bench/replicas.ts). One run,
+// written to docs/benchmarks.md. Every server runs as its own process; this process only
+// generates load, bounded in count and time, on loopback. Targets (issue 3): issue rate at least
+// half of the ceiling, per store; revocation refused on other replicas within 1 s, p99.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { BIN, ROOT, testEnv } from '../helpers/cli.ts';
-import { machineLine, ms, type Stats, stats, writeSection } from './report.ts';
+import { testEnv } from '../helpers/cli.ts';
+import { createTestDatabase, postgresSkipReason } from '../helpers/postgres.ts';
+import { latencyAtRate, type Target, throughput } from './load.ts';
+import { measureRevocationVisibility } from './replicas.ts';
+import { machineLine, ms, stats, writeSection } from './report.ts';
+import { DATABASE_URL_ENV, initBrokerDir, type Server, startBroker, startCeiling, stopServer } from './servers.ts';
 
 const SECONDS = Number(process.env.JIT_BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.JIT_BENCH_ROUNDS ?? 5);
 const CONCURRENCY = Number(process.env.JIT_BENCH_CONCURRENCY ?? 16);
 const RATE = Number(process.env.JIT_BENCH_RATE ?? 200);
+const REVOCATIONS = Number(process.env.JIT_BENCH_REVOCATIONS ?? 200);
 
-type Target = { name: string; url: string; path: string; headers: Record<string, string>; body: string };
+type Engine = { name: string; label: string; store: 'sqlite' | 'postgres' };
+const ENGINES: Engine[] = [
+  { name: 'SQLite', label: 'one SQLite write', store: 'sqlite' },
+  { name: 'PostgreSQL', label: 'one PostgreSQL INSERT', store: 'postgres' },
+];
 
-function started(child: ChildProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      const match = /listening on (\S+)/.exec(output);
-      if (match?.[1]) resolve(match[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`server exited early (${code}): ${output}`)));
-  });
-}
+type Measured = { engine: Engine; rows: string[]; ceilingRate: number; brokerRate: number };
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
-}
-
-async function call(target: Target): Promise<number> {
-  const begun = performance.now();
-  const response = await fetch(`${target.url}${target.path}`, { method: 'POST', headers: target.headers, body: target.body });
-  await response.arrayBuffer();
-  if (response.status !== 201) throw new Error(`${target.name}: HTTP ${response.status}`);
-  return performance.now() - begun;
-}
-
-/** Closed loop: CONCURRENCY callers back to back for SECONDS; completed calls per second. */
-async function throughput(target: Target): Promise<number> {
-  const deadline = performance.now() + SECONDS * 1000;
-  let completed = 0;
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (performance.now() < deadline) {
-        await call(target);
-        completed++;
-      }
-    }),
-  );
-  return completed / SECONDS;
-}
-
-/** Open loop: RATE calls a second for SECONDS, sent on schedule whatever the answers do; latencies. */
-async function latencyAtRate(target: Target): Promise<Stats> {
-  const total = RATE * SECONDS;
-  const begun = performance.now();
-  const calls: Promise<number>[] = [];
-  for (let index = 0; index < total; index++) {
-    const due = begun + (index * 1000) / RATE;
-    const wait = due - performance.now();
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-    calls.push(call(target));
+/** The ceiling and the broker on one store, both running; `cleanup` stops them and drops their data. */
+async function startPair(engine: Engine, workdir: string, cleanup: (() => Promise<void>)[]): Promise<[Target, Target]> {
+  let env: NodeJS.ProcessEnv;
+  let ceilingTarget: string;
+  if (engine.store === 'sqlite') {
+    env = await testEnv();
+    ceilingTarget = path.join(workdir, 'ceiling.db');
+  } else {
+    const [brokerDatabase, ceilingDatabase] = await Promise.all([createTestDatabase(), createTestDatabase()]);
+    cleanup.push(
+      () => brokerDatabase.drop(),
+      () => ceilingDatabase.drop(),
+    );
+    env = await testEnv({ [DATABASE_URL_ENV]: brokerDatabase.url });
+    ceilingTarget = ceilingDatabase.url;
   }
-  return stats(await Promise.all(calls));
-}
-
-const workdir = await mkdtemp(path.join(tmpdir(), 'jit-bench-broker-'));
-const children: ChildProcess[] = [];
-try {
-  const env = await testEnv();
-  const brokerDir = path.join(workdir, 'broker');
-  const init = spawn(process.execPath, [BIN, 'broker', 'init', '--dir', brokerDir, '--json'], {
-    env,
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const brokerDir = path.join(workdir, `broker-${engine.store}`);
+  const token = await initBrokerDir(brokerDir, env);
+  const servers: Server[] = [];
+  cleanup.push(async () => {
+    for (const server of servers) await stopServer(server);
   });
-  let initOutput = '';
-  init.stdout.on('data', (chunk: Buffer) => {
-    initOutput += chunk.toString();
-  });
-  await new Promise((resolve) => init.once('exit', resolve));
-  const { token } = JSON.parse(initOutput) as { token: string };
-
-  const broker = spawn(process.execPath, [BIN, 'broker', 'start', '--dir', brokerDir, '--port', '0'], {
-    env,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(broker);
-  const ceiling = spawn(process.execPath, [path.join(ROOT, 'test/bench/ceiling-server.ts'), 'sqlite', path.join(workdir, 'ceiling.db')], {
-    env,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(ceiling);
-
-  const targets: Target[] = [
+  const ceiling = await startCeiling(`ceiling on ${engine.name}`, engine.store, ceilingTarget, env);
+  servers.push(ceiling);
+  const broker = await startBroker(`broker on ${engine.name}`, brokerDir, env);
+  servers.push(broker);
+  return [
     {
-      name: 'bare Fastify route, one SQLite write (ceiling)',
-      url: await started(ceiling),
+      name: `bare Fastify route, ${engine.label} (ceiling)`,
+      url: ceiling.url,
       path: '/write',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ scopes: ['datasets/train'] }),
     },
     {
-      name: 'jit broker, SQLite: POST /v1/grants',
-      url: await started(broker),
+      name: `jit broker, ${engine.name}: POST /v1/grants`,
+      url: broker.url,
       path: '/v1/grants',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body: JSON.stringify({ scopes: ['datasets/train'], reason: 'bench' }),
     },
   ];
+}
 
-  const rows: string[] = [];
-  const rates: number[] = [];
+/** Throughput in alternating rounds (a noisy neighbour slows both alike; medians of rounds), then latency. */
+async function measure(engine: Engine, targets: [Target, Target]): Promise<Measured> {
+  const load = { concurrency: CONCURRENCY, seconds: SECONDS };
   for (const target of targets) {
-    await throughput(target).catch((error: Error) => {
+    await throughput(target, load).catch((error: Error) => {
       throw new Error(`warm-up of ${target.name} failed: ${error.message}`);
     });
   }
-  // Rounds alternate between the servers, so a noisy neighbour slows both alike; medians of rounds.
   const perRound = targets.map((): number[] => []);
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [index, target] of targets.entries()) perRound[index]?.push(await throughput(target));
+    for (const [index, target] of targets.entries()) perRound[index]?.push(await throughput(target, load));
   }
+  const rows: string[] = [];
+  const rates: number[] = [];
   for (const [index, target] of targets.entries()) {
     const perSecond = stats(perRound[index] ?? []).median;
-    const latency = await latencyAtRate(target);
+    const latency = await latencyAtRate(target, { rate: RATE, seconds: SECONDS });
     rates.push(perSecond);
     rows.push(`| ${target.name} | ${perSecond.toFixed(0)}/s | ${ms(latency.median)} | ${ms(latency.p99)} |`);
   }
   const [ceilingRate = 0, brokerRate = 0] = rates;
-  const report = `## Issuing grants (\`npm run bench:broker\`)
+  return { engine, rows, ceilingRate, brokerRate };
+}
+
+async function measureEngine(engine: Engine): Promise<Measured> {
+  const workdir = await mkdtemp(path.join(tmpdir(), 'jit-bench-broker-'));
+  const cleanup: (() => Promise<void>)[] = [];
+  try {
+    return await measure(engine, await startPair(engine, workdir, cleanup));
+  } finally {
+    for (const step of cleanup.reverse()) await step();
+    await rm(workdir, { recursive: true, force: true });
+  }
+}
+
+const unavailable = await postgresSkipReason().catch((error: Error) => error.message);
+if (unavailable) throw new Error(`bench:broker measures PostgreSQL too: ${unavailable}`);
+
+const results: Measured[] = [];
+for (const engine of ENGINES) results.push(await measureEngine(engine));
+const verdicts = results.map(({ engine, ceilingRate, brokerRate }) => {
+  const share = (brokerRate / ceilingRate) * 100;
+  return `- ${engine.name}: ${share.toFixed(0)}% of its ceiling (${share >= 50 ? 'met' : '**not met**'}).`;
+});
+const issuing = `## Issuing grants (\`npm run bench:broker\`)
 
 ${machineLine()} Throughput: ${CONCURRENCY} concurrent callers for ${SECONDS} s, in ${ROUNDS} rounds
-that alternate between the servers (after a warm-up of each); the median round. Latency: an open loop of ${RATE} requests a second for ${SECONDS} s. Servers run
-as their own processes; the load comes from a third, over loopback.
+that alternate between the broker and the ceiling on the same store (after a warm-up of each); the median round.
+Latency: an open loop of ${RATE} requests a second for ${SECONDS} s. Servers run as their own processes; the load
+comes from a third, over loopback. PostgreSQL is the local server (127.0.0.1, default settings, a new database
+for each server); both the broker and its ceiling use a pg pool of 10 connections.
 
 | server | requests/s | p50 at ${RATE}/s | p99 at ${RATE}/s |
 | --- | --- | --- | --- |
-${rows.join('\n')}
+${results.flatMap((result) => result.rows).join('\n')}
 
-The broker issues grants at ${((brokerRate / ceilingRate) * 100).toFixed(0)}% of the ceiling (target: at least 50%). Each
-issue authenticates the token, parses and checks the scopes, evaluates the policy, writes the
-grant and its audit event, and answers with the credential.
+The broker's issue rate against the ceiling on the same store (target: at least 50%):
+${verdicts.join('\n')}
+
+Each issue authenticates the token, parses and checks the scopes, evaluates the policy, writes the
+grant and its audit event (one transaction), and answers with the credential; the ceiling writes one row.
 
 Reproduce: \`npm run bench:broker\` (\`JIT_BENCH_SECONDS\`, \`JIT_BENCH_ROUNDS\`, \`JIT_BENCH_CONCURRENCY\`, \`JIT_BENCH_RATE\`).
 `;
-  await writeSection('broker', report);
-  process.stdout.write(report);
-} finally {
-  for (const child of children) await stop(child);
-  await rm(workdir, { recursive: true, force: true });
+await writeSection('broker', issuing);
+process.stdout.write(issuing);
+
+const revocation = await measureRevocationVisibility(REVOCATIONS);
+await writeSection('replicas', revocation.markdown);
+process.stdout.write(`\n${revocation.markdown}`);
+if (revocation.problems > 0) {
+  process.stderr.write(`bench:broker: ${revocation.problems} reads or replicas went on serving a revoked grant (see docs/benchmarks.md)\n`);
+  process.exitCode = 1;
 }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,20 +14,33 @@ adds. The machine is shared and noisy: compare rows of one run, not runs of diff
 section below is rewritten by its own script.
 `;
 
-export type Stats = { median: number; p95: number; p99: number };
+export type Stats = { median: number; p95: number; p99: number; max: number };
 
 export function stats(samples: number[]): Stats {
   const sorted = [...samples].sort((a, b) => a - b);
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
-  return { median: at(0.5), p95: at(0.95), p99: at(0.99) };
+  return { median: at(0.5), p95: at(0.95), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
 }
 
 export const ms = (value: number) => `${value.toFixed(1)} ms`;
 
-/** The line every section starts with: when, on what. */
+/** The commit measured, `-dirty` when the working tree differs from it. */
+function revision(): string {
+  try {
+    return execFileSync('git', ['describe', '--always', '--dirty'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    return 'an unknown revision';
+  }
+}
+
+/** The line every section starts with: when, what, on what. */
 export function machineLine(): string {
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  return `Measured ${new Date().toISOString()} on ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`;
+  return `Measured ${new Date().toISOString()} at ${revision()} on ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`;
 }
 
 /** Replaces the section `name` of docs/benchmarks.md (between its markers), or appends it. */
