@@ -41,7 +41,9 @@ describe('broker API', () => {
     assert.equal(anonymous.status, 401);
     assert.equal(anonymous.body.error.code, 'unauthenticated');
     assert.equal((await api(broker, 'jit_not-a-real-token', 'GET', 'whoami')).status, 401);
-    assert.deepEqual((await api(broker, broker.token, 'GET', 'whoami')).body, { subject: 'user:admin' });
+    const whoami = await api<{ subject: string; roles: string[]; tokenId: string }>(broker, broker.token, 'GET', 'whoami');
+    assert.deepEqual(whoami.body, { subject: 'user:admin', roles: ['admin'], tokenId: whoami.body.tokenId });
+    assert.match(whoami.body.tokenId, /^tok_[0-9a-f]{20}$/);
   });
 
   it('keeps API tokens and grant credentials only as hashes', async () => {

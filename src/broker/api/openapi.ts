@@ -1,4 +1,18 @@
-import { errorSchema, grantIdParams, grantRequestSchema, grantViewSchema, issuedGrantSchema, receiptSchema } from './schemas.ts';
+import {
+  createdTokenSchema,
+  errorSchema,
+  grantIdParams,
+  grantListQuery,
+  grantRequestSchema,
+  grantViewSchema,
+  issuedGrantSchema,
+  receiptSchema,
+  tokenIdParams,
+  tokenRequestSchema,
+  tokenRevocationSchema,
+  tokenViewSchema,
+  whoamiSchema,
+} from './schemas.ts';
 
 const json = (schema: unknown) => ({ content: { 'application/json': { schema } } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
@@ -8,12 +22,13 @@ const errors = (...statuses: number[]) =>
 const ERROR_MEANINGS: Record<number, string> = {
   400: 'invalid request: bad body, scope, resource, action or TTL',
   401: 'no valid token (API token on control routes, grant credential on /v1/files)',
-  403: 'denied by policy, or outside the grant',
-  404: 'no such grant (for this principal) or file',
+  403: "denied by policy, outside the grant, or (code forbidden) the token's roles do not allow the call",
+  404: 'no such grant (for this principal), token or file',
   409: 'the grant has ended',
 };
 
 const grantId = [{ name: 'id', in: 'path', required: true, schema: grantIdParams.properties.id }];
+const tokenId = [{ name: 'id', in: 'path', required: true, schema: tokenIdParams.properties.id }];
 const apiToken = [{ apiToken: [] }];
 
 /**
@@ -35,6 +50,11 @@ export function openApiDocument(version: string) {
         Grant: grantViewSchema,
         IssuedGrant: issuedGrantSchema,
         Receipt: receiptSchema,
+        Whoami: whoamiSchema,
+        TokenRequest: tokenRequestSchema,
+        Token: tokenViewSchema,
+        CreatedToken: createdTokenSchema,
+        TokenRevocation: tokenRevocationSchema,
         Error: errorSchema,
       },
     },
@@ -57,24 +77,25 @@ export function openApiDocument(version: string) {
       },
       '/v1/whoami': {
         get: {
-          summary: 'the principal behind the token',
+          summary: 'the principal behind the token, its roles and token id (any role)',
           security: apiToken,
           responses: {
-            '200': { description: 'the subject', ...json({ type: 'object', properties: { subject: { type: 'string' } } }) },
+            '200': { description: 'the caller', ...json(ref('Whoami')) },
             ...errors(401),
           },
         },
       },
       '/v1/grants': {
         post: {
-          summary: 'request a grant; policy decides',
+          summary: 'request a grant; policy decides (requester)',
           security: apiToken,
           requestBody: { required: true, ...json(ref('GrantRequest')) },
           responses: { '201': { description: 'issued', ...json(ref('IssuedGrant')) }, ...errors(400, 401, 403) },
         },
         get: {
-          summary: "the caller's grants, newest first",
+          summary: "the caller's grants (requester), or with all=true every principal's (auditor), newest first",
           security: apiToken,
+          parameters: [{ name: 'all', in: 'query', required: false, schema: grantListQuery.properties.all }],
           responses: {
             '200': { description: 'grants', ...json({ type: 'object', properties: { grants: { type: 'array', items: ref('Grant') } } }) },
             ...errors(401),
@@ -83,24 +104,48 @@ export function openApiDocument(version: string) {
       },
       '/v1/grants/{id}': {
         get: {
-          summary: 'one grant',
+          summary: "one grant: your own (requester), or anyone's (auditor)",
           security: apiToken,
           parameters: grantId,
-          responses: { '200': { description: 'the grant', ...json(ref('Grant')) }, ...errors(400, 401, 404) },
+          responses: { '200': { description: 'the grant', ...json(ref('Grant')) }, ...errors(400, 401, 403, 404) },
         },
         delete: {
-          summary: 'revoke now (idempotent); returns a receipt',
+          summary: "revoke now (idempotent); returns a receipt. Your own (requester), or anyone's (admin)",
           security: apiToken,
           parameters: grantId,
-          responses: { '200': { description: 'receipt', ...json(ref('Receipt')) }, ...errors(400, 401, 404) },
+          responses: { '200': { description: 'receipt', ...json(ref('Receipt')) }, ...errors(400, 401, 403, 404) },
         },
       },
       '/v1/grants/{id}/heartbeat': {
         post: {
-          summary: "keep a grant's holder alive",
+          summary: "keep a grant's holder alive (requester, own grants)",
           security: apiToken,
           parameters: grantId,
-          responses: { '200': { description: 'the grant, new deadline', ...json(ref('Grant')) }, ...errors(400, 401, 404, 409) },
+          responses: { '200': { description: 'the grant, new deadline', ...json(ref('Grant')) }, ...errors(400, 401, 403, 404, 409) },
+        },
+      },
+      '/v1/tokens': {
+        post: {
+          summary: 'mint an API token for a principal (admin); the token is in this response only',
+          security: apiToken,
+          requestBody: { required: true, ...json(ref('TokenRequest')) },
+          responses: { '201': { description: 'minted', ...json(ref('CreatedToken')) }, ...errors(400, 401, 403) },
+        },
+        get: {
+          summary: 'every API token, revoked ones too, oldest first (admin); never a token or its hash',
+          security: apiToken,
+          responses: {
+            '200': { description: 'tokens', ...json({ type: 'object', properties: { tokens: { type: 'array', items: ref('Token') } } }) },
+            ...errors(401, 403),
+          },
+        },
+      },
+      '/v1/tokens/{id}': {
+        delete: {
+          summary: 'revoke an API token now, on every replica (admin; idempotent)',
+          security: apiToken,
+          parameters: tokenId,
+          responses: { '200': { description: 'what was revoked', ...json(ref('TokenRevocation')) }, ...errors(400, 401, 403, 404) },
         },
       },
       '/v1/files/{path}': {

@@ -1,3 +1,4 @@
+import { ROLES } from '../../core/caller.ts';
 import { GRANT_ID, GRANT_STATES } from '../../core/grant.ts';
 
 /**
@@ -25,6 +26,44 @@ export const grantIdParams = {
   type: 'object',
   required: ['id'],
   properties: { id: { type: 'string', pattern: GRANT_ID.source } },
+} as const;
+
+export const grantListQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    all: {
+      type: 'string',
+      enum: ['true', 'false'],
+      description: "true: every principal's grants (auditor or admin role); otherwise the caller's own (requester role)",
+    },
+  },
+} as const;
+
+/** A token's public id: `tok_` and 20 hex digits. */
+export const TOKEN_ID = /^tok_[0-9a-f]{20}$/;
+
+export const tokenRequestSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['subject', 'roles'],
+  properties: {
+    subject: { type: 'string', minLength: 1, maxLength: 200, description: 'who the token is for: user:NAME' },
+    roles: {
+      type: 'array',
+      minItems: 1,
+      maxItems: ROLES.length,
+      items: { type: 'string', enum: [...ROLES] },
+      description: 'what it may do (docs/principals.md)',
+    },
+    label: { type: 'string', minLength: 1, maxLength: 100, description: 'what it is for, shown in lists' },
+  },
+} as const;
+
+export const tokenIdParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: TOKEN_ID.source } },
 } as const;
 
 const timestamp = { type: 'string', format: 'date-time' } as const;
@@ -88,5 +127,51 @@ export const errorSchema = {
         requestId: { type: 'string', description: 'the x-request-id of the request, for the broker log' },
       },
     },
+  },
+} as const;
+
+export const tokenViewSchema = {
+  type: 'object',
+  required: ['tokenId', 'subject', 'roles', 'label', 'createdBy', 'createdAt', 'revokedAt'],
+  properties: {
+    tokenId: { type: 'string', pattern: TOKEN_ID.source, description: 'public id, for lists and revoke' },
+    subject: { type: 'string' },
+    roles: { type: 'array', items: { type: 'string', enum: [...ROLES] } },
+    label: { type: ['string', 'null'] },
+    createdBy: { type: ['string', 'null'], description: 'the admin who minted it, or local:broker-host (init, --dir)' },
+    createdAt: timestamp,
+    revokedAt: nullableTimestamp,
+  },
+} as const;
+
+export const createdTokenSchema = {
+  allOf: [
+    { $ref: '#/components/schemas/Token' },
+    {
+      type: 'object',
+      required: ['token'],
+      properties: { token: { type: 'string', description: 'the API token, shown this once and stored only as a hash' } },
+    },
+  ],
+} as const;
+
+export const tokenRevocationSchema = {
+  type: 'object',
+  required: ['tokenId', 'subject', 'revokedAt', 'alreadyRevoked'],
+  properties: {
+    tokenId: { type: 'string', pattern: TOKEN_ID.source },
+    subject: { type: 'string' },
+    revokedAt: timestamp,
+    alreadyRevoked: { type: 'boolean' },
+  },
+} as const;
+
+export const whoamiSchema = {
+  type: 'object',
+  required: ['subject', 'roles', 'tokenId'],
+  properties: {
+    subject: { type: 'string' },
+    roles: { type: 'array', items: { type: 'string', enum: [...ROLES] } },
+    tokenId: { type: 'string', pattern: TOKEN_ID.source },
   },
 } as const;

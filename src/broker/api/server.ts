@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { hasRole, requireRole } from '../../core/caller.ts';
 import { JitError, UsageError } from '../../core/errors.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
-import type { PrincipalService } from '../principals/service.ts';
+import type { PrincipalService, TokenRequest } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
-import { grantIdParams, grantRequestSchema } from './schemas.ts';
+import { grantIdParams, grantListQuery, grantRequestSchema, tokenIdParams, tokenRequestSchema } from './schemas.ts';
 
 export const API_VERSION = 'v1';
 
@@ -102,29 +103,68 @@ export function buildApi(options: {
       throw error;
     }
   };
-  const principal = async (request: FastifyRequest) => (await caller(request)).subject;
   const caller = (request: FastifyRequest) => guarded(request, () => principals.authenticate(bearer(request)));
 
   app.get('/v1/health', async () => ({ status: 'ok', version: options.version }));
   const document = openApiDocument(options.version);
   app.get('/v1/openapi.json', async () => document);
-  app.get('/v1/whoami', async (request) => ({ subject: await principal(request) }));
+  app.get('/v1/whoami', async (request) => {
+    const { subject, roles, tokenId } = await caller(request);
+    return { subject, roles, tokenId };
+  });
 
+  // Roles (docs/principals.md): a requester works on its own grants (someone else's is a 404, as
+  // if it did not exist); an auditor reads anyone's; an admin also revokes anyone's.
   app.post('/v1/grants', { schema: { body: grantRequestSchema } }, async (request, reply) => {
-    const subject = await principal(request);
-    const issued = await grants.request(subject, request.body as GrantRequest);
+    const who = await caller(request);
+    requireRole(who, 'requester', 'requesting a grant');
+    const issued = await grants.request(who.subject, request.body as GrantRequest);
     return reply.status(201).send(issued);
   });
-  app.get('/v1/grants', async (request) => ({ grants: await grants.list(await principal(request)) }));
-  app.get('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) =>
-    grants.get(await principal(request), (request.params as { id: string }).id),
-  );
-  app.post('/v1/grants/:id/heartbeat', { schema: { params: grantIdParams } }, async (request) =>
-    grants.heartbeat(await principal(request), (request.params as { id: string }).id),
-  );
-  app.delete('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) =>
-    grants.revoke(await principal(request), (request.params as { id: string }).id),
-  );
+  app.get('/v1/grants', { schema: { querystring: grantListQuery } }, async (request) => {
+    const who = await caller(request);
+    if ((request.query as { all?: string }).all === 'true') {
+      requireRole(who, 'auditor', "listing every principal's grants");
+      return { grants: await grants.listAll() };
+    }
+    requireRole(who, 'requester', 'listing your grants');
+    return { grants: await grants.list(who.subject) };
+  });
+  app.get('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) => {
+    const who = await caller(request);
+    const { id } = request.params as { id: string };
+    if (hasRole(who, 'auditor')) return grants.getAny(id);
+    requireRole(who, 'requester', 'reading a grant');
+    return grants.get(who.subject, id);
+  });
+  app.post('/v1/grants/:id/heartbeat', { schema: { params: grantIdParams } }, async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'requester', 'a heartbeat');
+    return grants.heartbeat(who.subject, (request.params as { id: string }).id);
+  });
+  app.delete('/v1/grants/:id', { schema: { params: grantIdParams } }, async (request) => {
+    const who = await caller(request);
+    const { id } = request.params as { id: string };
+    if (hasRole(who, 'admin')) return grants.revoke(who.subject, id, { anyOwner: true });
+    requireRole(who, 'requester', 'revoking a grant');
+    return grants.revoke(who.subject, id);
+  });
+
+  // API tokens: admins only. A new token is in the 201 body once; lists never show a token or hash.
+  app.post('/v1/tokens', { schema: { body: tokenRequestSchema } }, async (request, reply) => {
+    const who = await caller(request);
+    requireRole(who, 'admin', 'creating a token');
+    return reply.status(201).send(await principals.create(who.subject, request.body as TokenRequest));
+  });
+  app.get('/v1/tokens', async (request) => {
+    requireRole(await caller(request), 'admin', 'listing tokens');
+    return { tokens: await principals.list() };
+  });
+  app.delete('/v1/tokens/:id', { schema: { params: tokenIdParams } }, async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'admin', 'revoking a token');
+    return principals.revoke(who.subject, (request.params as { id: string }).id);
+  });
 
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
 

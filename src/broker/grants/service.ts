@@ -70,6 +70,16 @@ export class GrantService {
     return (await this.#store.listGrants({ subject })).map((grant) => this.view(grant));
   }
 
+  /** Any principal's grant: for auditors and admins (docs/principals.md); `get` is the caller's own. */
+  async getAny(id: string): Promise<GrantView> {
+    return this.view(await this.#any(id));
+  }
+
+  /** Every principal's grants, newest first: for auditors and admins. */
+  async listAll(): Promise<GrantView[]> {
+    return (await this.#store.listGrants({})).map((grant) => this.view(grant));
+  }
+
   async heartbeat(subject: string, id: string): Promise<GrantView> {
     const grant = await this.#owned(subject, id);
     const now = this.#clock.now();
@@ -85,13 +95,15 @@ export class GrantService {
     return this.view(extended);
   }
 
-  async revoke(subject: string, id: string): Promise<RevocationReceipt> {
-    const grant = await this.#owned(subject, id);
+  /** Revokes `subject`'s own grant, or with `anyOwner` (an admin) anyone's, in `subject`'s name. */
+  async revoke(subject: string, id: string, options: { anyOwner?: boolean } = {}): Promise<RevocationReceipt> {
+    const find = () => (options.anyOwner ? this.#any(id) : this.#owned(subject, id));
+    const grant = await find();
     const now = this.#clock.now();
     await this.#expireIfDue(grant, now);
     const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
     if (!ended) {
-      const current = await this.#owned(subject, id);
+      const current = await find();
       return {
         id,
         state: current.state,
@@ -267,6 +279,12 @@ export class GrantService {
   async #owned(subject: string, id: string): Promise<GrantRecord> {
     const grant = await this.#store.getGrant(id);
     if (!grant || grant.subject !== subject) throw new NotFoundError(`no grant ${id}`, { hint: 'list your grants with `jit grants`' });
+    return grant;
+  }
+
+  async #any(id: string): Promise<GrantRecord> {
+    const grant = await this.#store.getGrant(id);
+    if (!grant) throw new NotFoundError(`no grant ${id}`, { hint: 'list every grant with GET /v1/grants?all=true' });
     return grant;
   }
 
