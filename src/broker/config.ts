@@ -43,6 +43,8 @@ export type BrokerConfig = {
   publicUrl: string | undefined;
   heartbeatTimeoutSeconds: number;
   sweepIntervalSeconds: number;
+  /** How long a request that needs approval stays pending before it times out. */
+  approvalTimeoutSeconds: number;
   /** Where grants and events live (docs/broker-config.md#store). */
   store: StoreConfig;
   resources: Record<string, Resource>;
@@ -91,8 +93,9 @@ const schema = z
       .strictObject({
         heartbeatTimeout: duration.default(30),
         sweepInterval: duration.default(1),
+        approvalTimeout: duration.default(3600),
       })
-      .default({ heartbeatTimeout: 30, sweepInterval: 1 }),
+      .default({ heartbeatTimeout: 30, sweepInterval: 1, approvalTimeout: 3600 }),
     store: storeSchema,
     resources: z.record(
       z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
@@ -269,6 +272,7 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     publicUrl: config.publicUrl,
     heartbeatTimeoutSeconds: config.grants.heartbeatTimeout,
     sweepIntervalSeconds: config.grants.sweepInterval,
+    approvalTimeoutSeconds: config.grants.approvalTimeout,
     store: resolveStoreConfig(config.store, dir),
     resources: Object.fromEntries(
       Object.entries(config.resources).map(([name, resource]) => [name, { kind: resource.kind, root: path.resolve(dir, resource.root) }]),
@@ -297,6 +301,8 @@ grants:
   heartbeatTimeout: 30s
   # How often the broker marks lapsed and expired grants as expired.
   sweepInterval: 1s
+  # How long a request that needs approval waits for its approvers before it times out.
+  approvalTimeout: 1h
 
 # What can be granted. Paths are relative to this file's directory.
 resources:

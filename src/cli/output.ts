@@ -2,9 +2,9 @@ import { Chalk, type ChalkInstance } from 'chalk';
 import type { Ora } from 'ora';
 import type { JitError } from '../core/errors.ts';
 
-export type Spinner = { succeed(text: string): void; fail(text: string): void; stop(): void };
+export type Spinner = { text(text: string): void; succeed(text: string): void; fail(text: string): void; stop(): void };
 
-const silentSpinner: Spinner = { succeed() {}, fail() {}, stop() {} };
+const silentSpinner: Spinner = { text() {}, succeed() {}, fail() {}, stop() {} };
 
 /**
  * Everything jit itself prints goes through here: results on stdout (human text or one JSON
@@ -44,6 +44,16 @@ export class Output {
     if (this.verbose) this.#stderr.write(`${this.color.dim('jit:')} ${message}\n`);
   }
 
+  /** Something the user should see even without -v (who can approve, say), in one line on stderr. */
+  notice(message: string): void {
+    this.#stderr.write(`${this.color.dim('jit:')} ${message}\n`);
+  }
+
+  /** Whether a person is at this terminal to answer a prompt (stdin and stderr are terminals, no --json). */
+  get interactive(): boolean {
+    return !this.json && Boolean(process.stdin.isTTY) && Boolean(this.#stderr.isTTY);
+  }
+
   /** Something the user must know even without -v, in one line. */
   warn(message: string): void {
     this.#stderr.write(`${this.color.yellow('jit: warning:')} ${message}\n`);
@@ -75,14 +85,19 @@ export class Output {
     // commands that never spin never pay for it.
     let spinner: Ora | undefined;
     let finished = false;
+    let label = text;
     void import('ora').then(({ default: ora }) => {
-      if (!finished) spinner = ora({ text, stream: this.#stderr, discardStdin: false }).start();
+      if (!finished) spinner = ora({ text: label, stream: this.#stderr, discardStdin: false }).start();
     });
     const finish = (end: (current: Ora) => void) => {
       finished = true;
       if (spinner) end(spinner);
     };
     return {
+      text: (message) => {
+        label = message;
+        if (spinner) spinner.text = message;
+      },
       succeed: (message) => finish((current) => (this.verbose ? current.succeed(message) : current.stop())),
       fail: (message) => finish((current) => current.fail(message)),
       stop: () => finish((current) => current.stop()),

@@ -1,6 +1,7 @@
 import type { Got, HTTPError, RequestError } from 'got';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
+import type { CreatedToken, TokenRequest, TokenRevocation, TokenView } from '../core/token.ts';
 import { canonicalUrl } from '../core/url.ts';
 
 export type ClientOptions = {
@@ -49,8 +50,29 @@ export class BrokerClient {
   }
 
   /** Not retried on its own: a lost response would otherwise issue two grants. */
-  requestGrant(body: { scopes: string[]; ttlSeconds?: number; reason?: string }): Promise<IssuedGrant> {
+  requestGrant(body: { scopes: string[]; ttlSeconds?: number; reason?: string; heartbeat?: boolean }): Promise<IssuedGrant> {
     return this.#authed((http) => http.post('grants', { json: body, retry: { limit: 0 } }).json());
+  }
+
+  getGrant(id: string): Promise<GrantView> {
+    return this.#authed((http) => http.get(`grants/${encodeURIComponent(id)}`).json());
+  }
+
+  renewGrant(id: string, ttlSeconds?: number): Promise<GrantView> {
+    return this.#authed((http) => http.post(`grants/${encodeURIComponent(id)}/renew`, { json: { ttlSeconds } }).json());
+  }
+
+  /** Pending requests the caller may approve or deny. */
+  reviewable(): Promise<{ grants: GrantView[] }> {
+    return this.#authed((http) => http.get('approvals').json());
+  }
+
+  approve(id: string, reason?: string): Promise<GrantView> {
+    return this.#authed((http) => http.post(`grants/${encodeURIComponent(id)}/approve`, { json: { reason }, retry: { limit: 0 } }).json());
+  }
+
+  deny(id: string, reason: string): Promise<GrantView> {
+    return this.#authed((http) => http.post(`grants/${encodeURIComponent(id)}/deny`, { json: { reason }, retry: { limit: 0 } }).json());
   }
 
   heartbeat(id: string): Promise<GrantView> {
@@ -59,6 +81,19 @@ export class BrokerClient {
 
   revokeGrant(id: string): Promise<RevocationReceipt> {
     return this.#authed((http) => http.delete(`grants/${encodeURIComponent(id)}`).json());
+  }
+
+  /** Admin only. Not retried on its own: a lost response would otherwise mint two tokens. */
+  createToken(body: TokenRequest): Promise<CreatedToken> {
+    return this.#authed((http) => http.post('tokens', { json: body, retry: { limit: 0 } }).json());
+  }
+
+  listTokens(): Promise<{ tokens: TokenView[] }> {
+    return this.#authed((http) => http.get('tokens').json());
+  }
+
+  revokeToken(tokenId: string): Promise<TokenRevocation> {
+    return this.#authed((http) => http.delete(`tokens/${encodeURIComponent(tokenId)}`).json());
   }
 
   #authed<T>(call: (http: Got) => Promise<T>): Promise<T> {

@@ -88,9 +88,11 @@ export function currentWrapper(): Wrapper {
  * on their broker if their wrapper died. A reused pid is told apart by its start time.
  */
 export function wrapperGone(grant: LocalGrant): boolean {
+  // Held by no process (jit request): nothing to be gone. It ends by TTL, revoke or `jit run --grant`.
+  if (grant.wrapper === null) return false;
   const here = currentWrapper();
   // An entry written before wrappers were recorded: judge it by its pid alone, on this host.
-  const wrapper = (grant.wrapper as Wrapper | undefined) ?? { pid: grant.pid, host: here.host, bootId: '', startTicks: 0 };
+  const wrapper = (grant.wrapper as Wrapper | undefined) ?? { pid: grant.pid ?? 0, host: here.host, bootId: '', startTicks: 0 };
   if (wrapper.host !== here.host) return false;
   if (wrapper.bootId && here.bootId && wrapper.bootId !== here.bootId) return true;
   if (!processAlive(wrapper.pid)) return true;

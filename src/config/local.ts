@@ -13,7 +13,8 @@ const LOCK_STALE_MS = 10_000;
  */
 export type Profile = { brokerUrl: string; defaultTtl?: string };
 
-export type LocalGrantState = 'active' | 'revoke-pending';
+/** pending: waiting for approval; revoke-pending: ended here, the broker not yet told. */
+export type LocalGrantState = 'pending' | 'active' | 'revoke-pending';
 
 /** Which token requested a grant: JIT_TOKEN (with JIT_BROKER_URL) or the profile's keychain token. */
 export type GrantAuth = 'env' | 'profile';
@@ -27,11 +28,13 @@ export type LocalGrant = {
   brokerUrl: string;
   auth: GrantAuth;
   scopes: string[];
-  pid: number;
-  wrapper: Wrapper;
+  /** The holding `jit run`; null for a grant no process holds yet (`jit request`, `jit run --no-wait`). */
+  pid: number | null;
+  wrapper: Wrapper | null;
   command: string;
   createdAt: string;
-  expiresAt: string;
+  /** null while pending. */
+  expiresAt: string | null;
   state: LocalGrantState;
 };
 

@@ -13,6 +13,7 @@ export const ExitCode = {
   brokerUnreachable: 6,
   keychain: 7,
   conflict: 8,
+  pending: 9,
   cannotRun: 126,
   commandNotFound: 127,
 } as const;
@@ -61,6 +62,13 @@ export class DeniedError extends JitError {
 export class ForbiddenError extends JitError {
   constructor(message: string, options?: ErrorOptions) {
     super(message, ExitCode.denied, 403, 'forbidden', options);
+  }
+}
+
+/** A request still waits for approval: `--no-wait`, or the wait ran out (docs/exit-codes.md). */
+export class PendingError extends JitError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, ExitCode.pending, 409, 'approval_pending', options);
   }
 }
 

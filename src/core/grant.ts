@@ -4,6 +4,15 @@ export const GRANT_ID = /^g_[0-9a-f]{20}$/;
 
 export type GrantState = (typeof GRANT_STATES)[number];
 
+/** Where a request that needs approval stands (docs/policy.md#approval). */
+export type ApprovalView = {
+  /** When a pending request times out. */
+  deadline: string;
+  /** One per approval rule its scopes fall under; all must be met. */
+  requirements: { scopes: string[]; approvers: string[]; count: number; approvedBy: string[] }[];
+  deniedBy: { approver: string; reason: string | null } | null;
+};
+
 export type GrantView = {
   id: string;
   subject: string;
@@ -11,11 +20,19 @@ export type GrantView = {
   reason: string | null;
   state: GrantState;
   createdAt: string;
-  expiresAt: string;
-  heartbeatDeadline: string;
+  /** When it became usable; null while pending (or if it never did). */
+  activatedAt: string | null;
+  /** When it stops being usable; null while pending. */
+  expiresAt: string | null;
+  /** The lifetime it was asked for; what approval starts and renewal extends by. */
+  ttlSeconds: number;
+  /** null while nobody is heartbeating it (`jit request`, before `jit run --grant` picks it up). */
+  heartbeatDeadline: string | null;
   heartbeatIntervalSeconds: number;
   endedAt: string | null;
   endReason: string | null;
+  /** null for a grant whose policy needed no approval. */
+  approval: ApprovalView | null;
 };
 
 /** What `POST /v1/grants` returns once: the grant plus its credential and the job's environment. */

@@ -1,7 +1,12 @@
 import type { Context } from '../cli/context.ts';
 import { releaseOrDefer, wrapperGone } from '../client/release.ts';
+import type { LocalGrant } from '../config/local.ts';
 
 const REAP_TIMEOUT_MS = 2_000;
+
+/** An unheld grant (jit request) a minute past its expiry: the broker has ended it; forget it here. */
+const outlived = (grant: LocalGrant) =>
+  grant.wrapper === null && grant.expiresAt !== null && Date.parse(grant.expiresAt) < Date.now() - 60_000;
 
 /**
  * Finishes what earlier `jit run`s could not: grants left `revoke-pending` (the broker was down
@@ -10,13 +15,13 @@ const REAP_TIMEOUT_MS = 2_000;
  * for next time.
  */
 export async function reapLeftovers(ctx: Context): Promise<void> {
-  const leftovers = ctx.config.grants().filter((grant) => grant.state === 'revoke-pending' || wrapperGone(grant));
+  const leftovers = ctx.config.grants().filter((grant) => grant.state === 'revoke-pending' || wrapperGone(grant) || outlived(grant));
   if (leftovers.length === 0) return;
   const secrets = await ctx.secrets();
   for (const grant of leftovers) {
     const client = await ctx.clientForGrant(grant, { timeoutMs: REAP_TIMEOUT_MS, retries: 0 });
     const outcome = await releaseOrDefer(grant.id, { client, config: ctx.config, secrets });
     if ('error' in outcome) ctx.out.info(`grant ${grant.id} is still revoke-pending: ${outcome.error.message}`);
-    else ctx.out.info(`cleaned up grant ${grant.id} left by an earlier jit run (pid ${grant.pid}): now ${outcome.receipt.state}`);
+    else ctx.out.info(`cleaned up grant ${grant.id} left by an earlier jit run (pid ${grant.pid ?? 'none'}): now ${outcome.receipt.state}`);
   }
 }

@@ -106,7 +106,7 @@ describe('the reaper judges only wrappers it can see', () => {
   });
 
   /** A grant the broker issued, entered in the local index as if a `jit run` with `wrapper` held it. */
-  async function indexed(env: NodeJS.ProcessEnv, wrapper: LocalGrant['wrapper']): Promise<string> {
+  async function indexed(env: NodeJS.ProcessEnv, wrapper: NonNullable<LocalGrant['wrapper']>): Promise<string> {
     const { body } = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', { scopes: ['datasets/train'] });
     const entry: LocalGrant = {
       id: body.id,

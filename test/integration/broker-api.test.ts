@@ -67,7 +67,7 @@ describe('broker API', () => {
     assert.equal(body.reason, 'fine-tune v7');
     assert.equal(body.env.JIT_FILES_URL, `${broker.url}/v1/files`);
     assert.equal(body.env.JIT_FILES_TOKEN, body.credential);
-    const ttl = Date.parse(body.expiresAt) - Date.parse(body.createdAt);
+    const ttl = Date.parse(body.expiresAt ?? '') - Date.parse(body.createdAt);
     assert.equal(ttl, 3600 * 1000);
     const fetched = await api<GrantView>(broker, broker.token, 'GET', `grants/${body.id}`);
     assert.equal(fetched.body.state, 'active');

@@ -3,9 +3,9 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type RunningBroker, startBroker } from '../../src/broker/broker.ts';
-import type { CreatedToken, TokenRevocation, TokenView } from '../../src/broker/principals/service.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
+import type { CreatedToken, TokenRevocation, TokenView } from '../../src/core/token.ts';
 import { api, createToken, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
 

@@ -7,7 +7,7 @@ import { after, describe, it } from 'node:test';
 import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
-import type { BrokerStore, GrantRecord, PrincipalRecord } from '../../src/broker/store/store.ts';
+import { type BrokerStore, type GrantRecord, NO_HEARTBEAT, type PrincipalRecord } from '../../src/broker/store/store.ts';
 import type { GrantState } from '../../src/core/grant.ts';
 import { createTestDatabase, postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
 
@@ -91,6 +91,9 @@ function grant(overrides: Partial<GrantRecord> = {}): GrantRecord {
     endedAt: null,
     endReason: null,
     decision: '{"rule":"r"}',
+    ttlSeconds: 3600,
+    activatedAt: T0 + serial,
+    approvalDeadline: null,
     ...overrides,
   };
 }
@@ -331,6 +334,69 @@ for (const engine of [sqlite, postgres]) {
       assert.deepEqual(await reopened.getGrant(record.id), record);
       const expected = Array.from({ length: SCHEMA_VERSION }, (_, index) => index + 1);
       assert.deepEqual(await db.appliedVersions(), expected);
+    });
+
+    it('activates a pending grant once, and not after its approval deadline', async () => {
+      const { store } = await fresh();
+      const pending = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 60_000, heartbeatDeadline: NO_HEARTBEAT });
+      const late = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10 });
+      for (const record of [pending, late]) await store.insertGrant(record);
+      const times = { activatedAt: T0 + 100, expiresAt: T0 + 3_600_100 };
+      const [first, second] = await Promise.all([store.activateGrant(pending.id, times), store.activateGrant(pending.id, times)]);
+      assert.equal([first, second].filter(Boolean).length, 1, 'exactly one activation wins');
+      assert.deepEqual(await store.getGrant(pending.id), { ...pending, state: 'active', ...times });
+      assert.equal(await store.activateGrant(late.id, times), undefined, 'past its approval deadline');
+      assert.equal((await store.getGrant(late.id))?.state, 'pending');
+    });
+
+    it('keeps one verdict per reviewer and grant', async () => {
+      const { store } = await fresh();
+      const pending = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 60_000 });
+      await store.insertGrant(pending);
+      const verdict = { grantId: pending.id, approver: 'user:carol', verdict: 'approve' as const, reason: null, at: T0 + 1 };
+      assert.equal(await store.addApproval(verdict), true);
+      assert.equal(await store.addApproval({ ...verdict, verdict: 'deny', reason: 'changed my mind', at: T0 + 2 }), false);
+      assert.equal(await store.addApproval({ ...verdict, approver: 'user:dan', reason: 'ok for run 7', at: T0 + 3 }), true);
+      assert.deepEqual(await store.listApprovals(pending.id), [verdict, { ...verdict, approver: 'user:dan', reason: 'ok for run 7', at: T0 + 3 }]);
+      assert.deepEqual(await store.listApprovals('g_other'), []);
+    });
+
+    it('ends a pending grant only from pending (deny, cancel), and an active one only from active', async () => {
+      const { store } = await fresh();
+      const pending = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 60_000 });
+      await store.insertGrant(pending);
+      assert.equal(await store.endGrant(pending.id, 'revoked', 'x', T0 + 1), undefined, 'not active');
+      const denied = await store.endGrant(pending.id, 'denied', 'denied by user:carol: not for eval data', T0 + 2, 'pending');
+      assert.equal(denied?.state, 'denied');
+      assert.equal(await store.endGrant(pending.id, 'cancelled', 'x', T0 + 3, 'pending'), undefined, 'already denied');
+    });
+
+    it('ends each pending grant past its approval deadline or abandoned by its waiter exactly once', async () => {
+      const { store } = await fresh();
+      const due = Array.from({ length: 7 }, () => grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10 }));
+      const notYet = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10_000, heartbeatDeadline: NO_HEARTBEAT });
+      const abandoned = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10_000, heartbeatDeadline: T0 + 15 });
+      for (const record of [...due, notYet, abandoned]) await store.insertGrant(record);
+      const batches = await Promise.all([store.timeOutPending(T0 + 20, 3), store.timeOutPending(T0 + 20, 3), store.timeOutPending(T0 + 20, 3)]);
+      const rest = await store.timeOutPending(T0 + 20, 3);
+      const ended = [...batches.flat(), ...rest].map((record) => record.id).sort();
+      assert.deepEqual(ended, [...due, abandoned].map((record) => record.id).sort());
+      for (const record of [...batches.flat(), ...rest]) {
+        const expected = record.id === abandoned.id ? ['cancelled', 'requester stopped waiting'] : ['timed-out', 'approval timeout'];
+        assert.deepEqual([record.state, record.endReason], expected);
+      }
+      assert.equal((await store.getGrant(notYet.id))?.state, 'pending');
+    });
+
+    it('renews only a usable grant, and only later', async () => {
+      const { store } = await fresh();
+      const live = grant({ expiresAt: T0 + 1_000, heartbeatDeadline: T0 + 500 });
+      await store.insertGrant(live);
+      assert.equal(await store.renewGrant(live.id, T0 + 900, T0 + 10), undefined, 'not later than now');
+      assert.equal((await store.renewGrant(live.id, T0 + 5_000, T0 + 10))?.expiresAt, T0 + 5_000);
+      assert.equal(await store.renewGrant(live.id, T0 + 9_000, T0 + 600), undefined, 'heartbeat lapsed');
+      await store.endGrant(live.id, 'revoked', 'x', T0 + 20);
+      assert.equal(await store.renewGrant(live.id, T0 + 9_000, T0 + 30), undefined, 'revoked');
     });
 
     it('refuses a database a newer broker has migrated', async () => {

@@ -1,5 +1,6 @@
 import { ROLES } from '../../core/caller.ts';
 import { GRANT_ID, GRANT_STATES } from '../../core/grant.ts';
+import { TOKEN_ID } from '../../core/token.ts';
 
 /**
  * JSON Schemas of the /v1 API: the request ones validate on the routes (server.ts), and all of
@@ -19,6 +20,38 @@ export const grantRequestSchema = {
     },
     ttlSeconds: { type: 'integer', minimum: 1, description: 'requested lifetime; the policy default when left out, capped by its maxTtl' },
     reason: { type: 'string', maxLength: 500, description: 'why, kept with the grant and in the audit trail' },
+    heartbeat: {
+      type: 'boolean',
+      description:
+        'true (default): the requester heartbeats from now on, and the grant lapses when it stops. false: nobody holds it yet (jit request); the first heartbeat starts the clock',
+    },
+  },
+} as const;
+
+export const renewRequestSchema = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: {
+    ttlSeconds: {
+      type: 'integer',
+      minimum: 1,
+      description: "new lifetime from now; the grant's own TTL when left out; never past the policy's maxTtl from activation",
+    },
+  },
+} as const;
+
+export const approveRequestSchema = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: { reason: { type: 'string', maxLength: 500, description: 'why, kept in the audit trail' } },
+} as const;
+
+export const denyRequestSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['reason'],
+  properties: {
+    reason: { type: 'string', minLength: 1, maxLength: 500, description: 'why, shown to the requester and kept in the audit trail' },
   },
 } as const;
 
@@ -39,9 +72,6 @@ export const grantListQuery = {
     },
   },
 } as const;
-
-/** A token's public id: `tok_` and 20 hex digits. */
-export const TOKEN_ID = /^tok_[0-9a-f]{20}$/;
 
 export const tokenRequestSchema = {
   type: 'object',

@@ -2,13 +2,23 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasRole, requireRole } from '../../core/caller.ts';
 import { JitError, UsageError } from '../../core/errors.ts';
+import type { TokenRequest } from '../../core/token.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
-import type { PrincipalService, TokenRequest } from '../principals/service.ts';
+import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
-import { grantIdParams, grantListQuery, grantRequestSchema, tokenIdParams, tokenRequestSchema } from './schemas.ts';
+import {
+  approveRequestSchema,
+  denyRequestSchema,
+  grantIdParams,
+  grantListQuery,
+  grantRequestSchema,
+  renewRequestSchema,
+  tokenIdParams,
+  tokenRequestSchema,
+} from './schemas.ts';
 
 export const API_VERSION = 'v1';
 
@@ -119,7 +129,8 @@ export function buildApi(options: {
     const who = await caller(request);
     requireRole(who, 'requester', 'requesting a grant');
     const issued = await grants.request(who.subject, request.body as GrantRequest);
-    return reply.status(201).send(issued);
+    // 202: accepted but pending approval; the credential works once it is approved.
+    return reply.status(issued.state === 'pending' ? 202 : 201).send(issued);
   });
   app.get('/v1/grants', { schema: { querystring: grantListQuery } }, async (request) => {
     const who = await caller(request);
@@ -148,6 +159,33 @@ export function buildApi(options: {
     if (hasRole(who, 'admin')) return grants.revoke(who.subject, id, { anyOwner: true });
     requireRole(who, 'requester', 'revoking a grant');
     return grants.revoke(who.subject, id);
+  });
+
+  app.post('/v1/grants/:id/renew', { schema: { params: grantIdParams, body: renewRequestSchema } }, async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'requester', 'renewing a grant');
+    const { ttlSeconds } = (request.body ?? {}) as { ttlSeconds?: number };
+    return grants.renew(who.subject, (request.params as { id: string }).id, ttlSeconds);
+  });
+
+  // Approval: an approver sees and reviews the pending requests whose rules name it (by user or
+  // group), never its own.
+  app.get('/v1/approvals', async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'approver', 'listing requests to review');
+    return { grants: await grants.reviewable(who.subject) };
+  });
+  app.post('/v1/grants/:id/approve', { schema: { params: grantIdParams, body: approveRequestSchema } }, async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'approver', 'approving a request');
+    const { reason } = (request.body ?? {}) as { reason?: string };
+    return grants.approve(who.subject, (request.params as { id: string }).id, reason);
+  });
+  app.post('/v1/grants/:id/deny', { schema: { params: grantIdParams, body: denyRequestSchema } }, async (request) => {
+    const who = await caller(request);
+    requireRole(who, 'approver', 'denying a request');
+    const { reason } = request.body as { reason: string };
+    return grants.deny(who.subject, (request.params as { id: string }).id, reason);
   });
 
   // API tokens: admins only. A new token is in the 201 body once; lists never show a token or hash.

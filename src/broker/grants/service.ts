@@ -1,19 +1,28 @@
 import { createReadStream, type ReadStream } from 'node:fs';
-import { AuthError, ConflictError, DeniedError, JitError, NotFoundError } from '../../core/errors.ts';
-import type { GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
+import { formatDuration } from '../../core/duration.ts';
+import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } from '../../core/errors.ts';
+import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
-import { type AllowedDecision, describeApproval, evaluate } from '../policy/evaluate.ts';
+import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { checkScope } from '../resources.ts';
-import { type BrokerStore, EXPIRE_BATCH, type GrantRecord } from '../store/store.ts';
+import { type ApprovalRecord, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
+import { allMet, describeRequirements, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
 
-export type GrantRequest = { scopes: string[]; ttlSeconds?: number; reason?: string };
+/**
+ * What a requester asks for. `heartbeat: false` (jit request, jit run --no-wait) leaves the
+ * heartbeat clock stopped until the first heartbeat: nobody holds the grant yet.
+ */
+export type GrantRequest = { scopes: string[]; ttlSeconds?: number; reason?: string; heartbeat?: boolean };
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+/** The policy decision a grant was made under, as stored with it. */
+const parseDecision = (grant: GrantRecord): Decision => JSON.parse(grant.decision) as Decision;
 
 /**
  * The grant lifecycle on the broker: request (policy decides), heartbeat, revoke, expire. The
@@ -34,50 +43,61 @@ export class GrantService {
     this.#publicUrl = options.publicUrl;
   }
 
+  /**
+   * Creates a grant: active at once when the policy allows it outright, pending when a rule needs
+   * approval. Either way the requester gets the credential now, once; a pending grant's
+   * credential is refused by the data plane until approval makes the grant active.
+   */
   async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
     const { scopes, decision } = await this.#decide(subject, request);
     const now = this.#clock.now();
     const credential = newSecret('jitc');
+    const pending = requirementsOf(decision).length > 0;
+    const approvalDeadline = pending ? now + this.#config.approvalTimeoutSeconds * 1000 : null;
     const record: GrantRecord = {
       id: newId('g'),
       subject,
       scopes: scopes.map(formatScope),
       reason: request.reason ?? null,
-      state: 'active',
+      state: pending ? 'pending' : 'active',
       credentialHash: hashSecret(credential),
       createdAt: now,
-      expiresAt: now + decision.ttlSeconds * 1000,
-      heartbeatDeadline: now + this.#config.heartbeatTimeoutSeconds * 1000,
+      // Pending: only an upper bound until approval sets it (nothing is usable before then).
+      expiresAt: (approvalDeadline ?? now) + decision.ttlSeconds * 1000,
+      heartbeatDeadline: request.heartbeat === false ? NO_HEARTBEAT : now + this.#config.heartbeatTimeoutSeconds * 1000,
       endedAt: null,
       endReason: null,
       decision: JSON.stringify(decision),
+      ttlSeconds: decision.ttlSeconds,
+      activatedAt: pending ? null : now,
+      approvalDeadline,
     };
     await this.#store.insertGrant(record, {
       at: now,
-      type: 'grant.issued',
+      type: pending ? 'grant.requested' : 'grant.issued',
       subject,
       grantId: record.id,
       detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
     });
-    return { ...this.view(record), credential, env: filesEnv(this.#publicUrl(), credential) };
+    return { ...(await this.#view(record)), credential, env: filesEnv(this.#publicUrl(), credential) };
   }
 
   async get(subject: string, id: string): Promise<GrantView> {
-    return this.view(await this.#owned(subject, id));
+    return this.#view(await this.#owned(subject, id));
   }
 
   async list(subject: string): Promise<GrantView[]> {
-    return (await this.#store.listGrants({ subject })).map((grant) => this.view(grant));
+    return Promise.all((await this.#store.listGrants({ subject })).map((grant) => this.#view(grant)));
   }
 
   /** Any principal's grant: for auditors and admins (docs/principals.md); `get` is the caller's own. */
   async getAny(id: string): Promise<GrantView> {
-    return this.view(await this.#any(id));
+    return this.#view(await this.#any(id));
   }
 
   /** Every principal's grants, newest first: for auditors and admins. */
   async listAll(): Promise<GrantView[]> {
-    return (await this.#store.listGrants({})).map((grant) => this.view(grant));
+    return Promise.all((await this.#store.listGrants({})).map((grant) => this.#view(grant)));
   }
 
   async heartbeat(subject: string, id: string): Promise<GrantView> {
@@ -92,7 +112,7 @@ export class GrantService {
         hint: 'request a new grant',
       });
     }
-    return this.view(extended);
+    return this.#view(extended);
   }
 
   /** Revokes `subject`'s own grant, or with `anyOwner` (an admin) anyone's, in `subject`'s name. */
@@ -101,6 +121,7 @@ export class GrantService {
     const grant = await find();
     const now = this.#clock.now();
     await this.#expireIfDue(grant, now);
+    if (grant.state === 'pending') return this.#cancel(subject, grant, now, options);
     const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
     if (!ended) {
       const current = await find();
@@ -116,6 +137,159 @@ export class GrantService {
     const actions = ['credential refused by the files endpoint', 'open transfers cut'];
     await this.#audit('grant.revoked', ended, { by: subject, actions });
     return { id, state: ended.state, revokedAt: iso(now), alreadyEnded: false, actions };
+  }
+
+  /** A pending request withdrawn (`jit revoke` on it, Ctrl-C while `jit run` waits). */
+  async #cancel(subject: string, grant: GrantRecord, now: number, options: { anyOwner?: boolean }): Promise<RevocationReceipt> {
+    const ended = await this.#store.endGrant(grant.id, 'cancelled', `cancelled by ${subject}`, now, 'pending');
+    // Approved, denied or timed out meanwhile: revoke what it became.
+    if (!ended) return this.revoke(subject, grant.id, options);
+    await this.#audit('grant.cancelled', ended, { by: subject });
+    return { id: grant.id, state: 'cancelled', revokedAt: iso(now), alreadyEnded: false, actions: ['request withdrawn'] };
+  }
+
+  /** Pending requests `reviewer` may approve or deny, oldest first. */
+  async reviewable(reviewer: string): Promise<GrantView[]> {
+    const pending = await this.#store.listGrants({ states: ['pending'] });
+    const now = this.#clock.now();
+    const mine = pending.filter(
+      (grant) =>
+        (grant.approvalDeadline ?? 0) > now && mayReview(requirementsOf(parseDecision(grant)), reviewer, grant.subject, this.#config),
+    );
+    return Promise.all(mine.reverse().map((grant) => this.#view(grant)));
+  }
+
+  /**
+   * One approval. When it completes every requirement, the grant becomes active with its TTL
+   * counted from now; the requester's waiting `jit run` sees that on its next heartbeat.
+   */
+  async approve(reviewer: string, id: string, reason: string | undefined): Promise<GrantView> {
+    const { grant, requirements } = await this.#forReview(reviewer, id, 'approve');
+    const now = this.#clock.now();
+    await this.#recordVerdict(grant, { approver: reviewer, verdict: 'approve', reason: reason ?? null, at: now });
+    await this.#audit('grant.approved', grant, { by: reviewer, reason: reason ?? null });
+    const status = statusOf(requirements, await this.#store.listApprovals(id), grant.subject, this.#config);
+    if (allMet(status)) {
+      const activated = await this.#store.activateGrant(id, { activatedAt: now, expiresAt: now + grant.ttlSeconds * 1000 });
+      if (activated) {
+        await this.#audit('grant.activated', activated, {
+          approvedBy: [...new Set(status.flatMap((requirement) => requirement.approvedBy))],
+          expiresAt: iso(activated.expiresAt),
+        });
+      }
+    }
+    return this.#view((await this.#store.getGrant(id)) ?? grant);
+  }
+
+  /** A denial ends the request at once, whatever other approvers said. */
+  async deny(reviewer: string, id: string, reason: string): Promise<GrantView> {
+    const { grant } = await this.#forReview(reviewer, id, 'deny');
+    const now = this.#clock.now();
+    await this.#recordVerdict(grant, { approver: reviewer, verdict: 'deny', reason, at: now });
+    const ended = await this.#store.endGrant(id, 'denied', `denied by ${reviewer}: ${reason}`, now, 'pending');
+    if (ended) await this.#audit('grant.denied', ended, { by: reviewer, reason });
+    return this.#view((await this.#store.getGrant(id)) ?? grant);
+  }
+
+  async #recordVerdict(grant: GrantRecord, verdict: Omit<ApprovalRecord, 'grantId'>): Promise<void> {
+    if (await this.#store.addApproval({ grantId: grant.id, ...verdict })) return;
+    throw new ConflictError(`${verdict.approver} has already reviewed grant ${grant.id}`, {
+      code: 'already_reviewed',
+      hint: 'each approver reviews a request once; `jit approve` with no id lists what still waits for you',
+    });
+  }
+
+  /**
+   * The pending grant `reviewer` is about to approve or deny, refused when they may not: the
+   * requester themself (403, no self-approval), not an approver of its rules (403), or no
+   * longer pending (409).
+   */
+  async #forReview(reviewer: string, id: string, verb: 'approve' | 'deny'): Promise<{ grant: GrantRecord; requirements: Requirement[] }> {
+    const grant = await this.#store.getGrant(id);
+    if (!grant) throw new NotFoundError(`no grant ${id}`, { hint: '`jit approve` with no id lists the requests waiting for you' });
+    const requirements = requirementsOf(parseDecision(grant));
+    if (grant.subject === reviewer) {
+      throw new ForbiddenError(`you cannot ${verb} your own request ${id}`, {
+        code: 'self_approval',
+        hint: `ask one of its approvers: ${describeRequirements(requirements) || 'none (it needed no approval)'}`,
+      });
+    }
+    if (!mayReview(requirements, reviewer, grant.subject, this.#config)) {
+      throw new ForbiddenError(
+        requirements.length === 0
+          ? `grant ${id} needed no approval`
+          : `${reviewer} is not an approver of grant ${id} (it needs ${describeRequirements(requirements)})`,
+        { code: 'not_an_approver', hint: 'approvers are set per rule in the broker policy (docs/policy.md#approval)' },
+      );
+    }
+    const now = this.#clock.now();
+    const current = grant.state === 'pending' && (grant.approvalDeadline ?? 0) <= now ? await this.#timeOut(grant, now) : grant;
+    if (current.state !== 'pending') {
+      throw new ConflictError(`grant ${id} is ${current.state}${current.endReason ? ` (${current.endReason})` : ''}, not pending`, {
+        code: 'not_pending',
+        hint: 'only a pending request can be approved or denied',
+      });
+    }
+    return { grant: current, requirements };
+  }
+
+  /** Ends a pending grant past its approval deadline as the sweeper would; returns its state now. */
+  async #timeOut(grant: GrantRecord, now: number): Promise<GrantRecord> {
+    const ended = await this.#store.endGrant(grant.id, 'timed-out', 'approval timeout', now, 'pending');
+    if (ended) await this.#audit('grant.timed-out', ended, { reason: ended.endReason, by: 'system' });
+    return ended ?? (await this.#store.getGrant(grant.id)) ?? grant;
+  }
+
+  /**
+   * Moves the expiry of a live grant to now + `ttlSeconds` (default: its own TTL), never past
+   * the policy's max TTL counted from activation, so a long job keeps its credential (which does
+   * not change) for as long as the policy allows and no longer. The policy is asked again: a
+   * subject that has lost access since cannot renew. Approval is not asked again: it was given
+   * for up to the max.
+   */
+  async renew(subject: string, id: string, ttlSeconds: number | undefined): Promise<GrantView> {
+    const grant = await this.#owned(subject, id);
+    const now = this.#clock.now();
+    await this.#expireIfDue(grant, now);
+    const current = (await this.#store.getGrant(id)) ?? grant;
+    if (current.state !== 'active') {
+      throw new ConflictError(`grant ${id} is ${current.state}${current.endReason ? ` (${current.endReason})` : ''}`, {
+        code: current.state === 'pending' ? 'not_active' : 'grant_ended',
+        hint: current.state === 'pending' ? 'it can be renewed once approved' : 'request a new grant',
+      });
+    }
+    const original = parseDecision(current);
+    const decision = await this.#audited(subject, { scopes: current.scopes, ttlSeconds, reason: `renewal of ${id}` }, () =>
+      evaluate(this.#config, { subject }, current.scopes.map(parseScope), ttlSeconds),
+    );
+    const maxSeconds = Math.min(original.maxTtlSeconds ?? decision.maxTtlSeconds, decision.maxTtlSeconds);
+    const since = current.activatedAt ?? current.createdAt;
+    const cap = since + maxSeconds * 1000;
+    const target = Math.min(now + (ttlSeconds ?? current.ttlSeconds) * 1000, cap);
+    if (target <= current.expiresAt) {
+      const capped = target === cap;
+      throw new ConflictError(
+        capped
+          ? `grant ${id} already runs to ${iso(current.expiresAt)}, the end of its policy's max TTL (${formatDuration(maxSeconds)} from ${iso(since)})`
+          : `grant ${id} already runs to ${iso(current.expiresAt)}, later than that renewal would`,
+        {
+          code: capped ? 'renewal_capped' : 'renewal_not_later',
+          hint: capped ? 'request a new grant to go on after it ends' : 'ask for a longer --ttl',
+        },
+      );
+    }
+    const renewed = await this.#store.renewGrant(id, target, now);
+    if (!renewed) {
+      const ended = (await this.#store.getGrant(id)) ?? current;
+      throw new ConflictError(`grant ${id} is ${ended.state}`, { code: 'grant_ended', hint: 'request a new grant' });
+    }
+    await this.#audit('grant.renewed', renewed, {
+      by: subject,
+      from: iso(current.expiresAt),
+      to: iso(renewed.expiresAt),
+      capped: target === cap,
+    });
+    return this.#view(renewed);
   }
 
   /**
@@ -136,18 +310,19 @@ export class GrantService {
     for (;;) {
       const now = this.#clock.now();
       const expired = await this.#store.expireDue(now, EXPIRE_BATCH);
+      const abandoned = await this.#store.timeOutPending(now, EXPIRE_BATCH);
       for (const grant of expired) this.#cutStreams(grant.id);
       await this.#store.appendEvents(
-        expired.map((grant) => ({
+        [...expired, ...abandoned].map((grant) => ({
           at: now,
-          type: 'grant.expired',
+          type: `grant.${grant.state}`,
           subject: grant.subject,
           grantId: grant.id,
-          detail: { reason: grant.endReason },
+          detail: { reason: grant.endReason, by: 'system' },
         })),
       );
-      total += expired.length;
-      if (expired.length < EXPIRE_BATCH) return total;
+      total += expired.length + abandoned.length;
+      if (expired.length < EXPIRE_BATCH && abandoned.length < EXPIRE_BATCH) return total;
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
@@ -221,25 +396,19 @@ export class GrantService {
   }
 
   /**
-   * Parses and decides a request. A refusal (bad scope, policy, TTL, approval needed) is an audit
-   * record too, with what was asked and why it was refused: every decision is on the trail.
+   * Parses and decides a request. A refusal (bad scope, policy, TTL) is an audit record too,
+   * with what was asked and why it was refused: every decision is on the trail.
    */
-  async #decide(subject: string, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
-    try {
+  #decide(subject: string, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
+    return this.#audited(subject, request, () => {
       const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
-      const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
-      if (decision.approval.required) {
-        // Until the approval flow exists (issue 3, Lifecycle), a request that needs approval is refused, never issued.
-        const scopesNeeding = decision.explanation.filter((scope) => scope.approval).map((scope) => scope.scope);
-        throw new DeniedError(
-          `${scopesNeeding.join(', ')} ${scopesNeeding.length === 1 ? 'needs' : 'need'} approval by ${describeApproval(decision.approval)} (no self-approval), and the approval flow is not available on this broker yet`,
-          {
-            code: 'approval_required',
-            hint: 'request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)',
-          },
-        );
-      }
-      return { scopes, decision };
+      return { scopes, decision: evaluate(this.#config, { subject }, scopes, request.ttlSeconds) };
+    });
+  }
+
+  async #audited<T>(subject: string, request: GrantRequest, decide: () => T): Promise<T> {
+    try {
+      return decide();
     } catch (error) {
       if (error instanceof JitError) {
         await this.#store.appendEvent({
@@ -260,7 +429,21 @@ export class GrantService {
     }
   }
 
-  view(grant: GrantRecord): GrantView {
+  /** The grant as the API shows it, with where its approval stands when it needed one. */
+  async #view(grant: GrantRecord): Promise<GrantView> {
+    const requirements = requirementsOf(parseDecision(grant));
+    if (requirements.length === 0) return this.view(grant);
+    const verdicts = await this.#store.listApprovals(grant.id);
+    const denial = verdicts.find((verdict) => verdict.verdict === 'deny');
+    return this.view(grant, {
+      deadline: iso(grant.approvalDeadline ?? grant.createdAt),
+      requirements: statusOf(requirements, verdicts, grant.subject, this.#config),
+      deniedBy: denial ? { approver: denial.approver, reason: denial.reason } : null,
+    });
+  }
+
+  /** The grant as the API shows it; `approval` as #view worked it out (it needs the store). */
+  view(grant: GrantRecord, approval: ApprovalView | null = null): GrantView {
     return {
       id: grant.id,
       subject: grant.subject,
@@ -268,11 +451,14 @@ export class GrantService {
       reason: grant.reason,
       state: grant.state,
       createdAt: iso(grant.createdAt),
-      expiresAt: iso(grant.expiresAt),
-      heartbeatDeadline: iso(grant.heartbeatDeadline),
+      activatedAt: grant.activatedAt === null ? null : iso(grant.activatedAt),
+      expiresAt: grant.activatedAt === null ? null : iso(grant.expiresAt),
+      ttlSeconds: grant.ttlSeconds,
+      heartbeatDeadline: grant.heartbeatDeadline >= NO_HEARTBEAT ? null : iso(grant.heartbeatDeadline),
       heartbeatIntervalSeconds: Math.max(1, Math.floor(this.#config.heartbeatTimeoutSeconds / 3)),
       endedAt: grant.endedAt === null ? null : iso(grant.endedAt),
       endReason: grant.endReason,
+      approval,
     };
   }
 

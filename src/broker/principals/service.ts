@@ -1,29 +1,13 @@
-import { type Caller, ROLES, type Role } from '../../core/caller.ts';
+import type { Caller } from '../../core/caller.ts';
 import { AuthError, NotFoundError, UsageError } from '../../core/errors.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { checkTokenSubject } from '../../core/subject.ts';
+import { type CreatedToken, checkRoles, type TokenRequest, type TokenRevocation, type TokenView } from '../../core/token.ts';
 import type { Clock } from '../grants/service.ts';
 import type { BrokerStore, PrincipalRecord } from '../store/store.ts';
 
 /** The creator recorded for tokens minted on the broker host itself (`jit broker init`, `--dir`). */
 export const BROKER_HOST = 'local:broker-host';
-
-/** A token as lists show it: never the token, never its hash. */
-export type TokenView = {
-  tokenId: string;
-  subject: string;
-  roles: Role[];
-  label: string | null;
-  createdBy: string | null;
-  createdAt: string;
-  revokedAt: string | null;
-};
-
-export type CreatedToken = TokenView & { token: string };
-
-export type TokenRequest = { subject: string; roles: readonly string[]; label?: string };
-
-export type TokenRevocation = { tokenId: string; subject: string; revokedAt: string; alreadyRevoked: boolean };
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const LABEL = /^[^\p{Cc}]{1,100}$/u;
@@ -38,18 +22,6 @@ export function tokenView(principal: PrincipalRecord): TokenView {
     createdAt: iso(principal.createdAt),
     revokedAt: principal.revokedAt === null ? null : iso(principal.revokedAt),
   };
-}
-
-/** The roles a request names, checked and de-duplicated in ROLES order; at least one. */
-export function checkRoles(roles: readonly string[]): Role[] {
-  const unknown = roles.filter((role) => !(ROLES as readonly string[]).includes(role));
-  if (unknown.length > 0 || roles.length === 0) {
-    throw new UsageError(roles.length === 0 ? 'a token needs at least one role' : `unknown role "${unknown[0]}"`, {
-      code: 'invalid_role',
-      hint: `roles are ${ROLES.join(', ')} (docs/principals.md)`,
-    });
-  }
-  return ROLES.filter((role) => roles.includes(role));
 }
 
 /**

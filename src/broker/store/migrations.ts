@@ -123,6 +123,45 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE UNIQUE INDEX principals_token_id ON principals (token_id);
     `,
   },
+  {
+    version: 5,
+    name: 'approvals, renewal, approval timeout',
+    // ttl_seconds: the lifetime a pending grant gets when approved, and what renewals extend by.
+    // activated_at: when it became usable (the policy's max TTL counts from there).
+    // approval_deadline: when a pending request times out. Grants made before this version were
+    // issued active at once.
+    sqlite: `
+      ALTER TABLE grants ADD COLUMN ttl_seconds INTEGER;
+      ALTER TABLE grants ADD COLUMN activated_at INTEGER;
+      ALTER TABLE grants ADD COLUMN approval_deadline INTEGER;
+      UPDATE grants SET ttl_seconds = (expires_at - created_at) / 1000, activated_at = created_at;
+      CREATE INDEX grants_pending ON grants (approval_deadline, heartbeat_deadline) WHERE state = 'pending';
+      CREATE TABLE approvals (
+        grant_id TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (grant_id, approver)
+      );
+    `,
+    postgres: `
+      ALTER TABLE grants ADD COLUMN ttl_seconds BIGINT;
+      ALTER TABLE grants ADD COLUMN activated_at BIGINT;
+      ALTER TABLE grants ADD COLUMN approval_deadline BIGINT;
+      UPDATE grants SET ttl_seconds = (expires_at - created_at) / 1000, activated_at = created_at;
+      ALTER TABLE grants ALTER COLUMN ttl_seconds SET NOT NULL;
+      CREATE INDEX grants_pending ON grants (approval_deadline, heartbeat_deadline) WHERE state = 'pending';
+      CREATE TABLE approvals (
+        grant_id TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (grant_id, approver)
+      );
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

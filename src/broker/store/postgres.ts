@@ -3,7 +3,9 @@ import { BrokerUnreachableError, JitError, UsageError } from '../../core/errors.
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
+  type ApprovalRecord,
   type AuditEvent,
+  approvalFromRow,
   type BrokerStore,
   EXPIRE_BATCH,
   eventFromRow,
@@ -199,18 +201,72 @@ export class PostgresStore implements BrokerStore {
   async extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined> {
     const [row] = await this.#rows(
       `UPDATE grants SET heartbeat_deadline = $1
-       WHERE id = $2 AND state = 'active' AND expires_at > $3 AND heartbeat_deadline > $3 RETURNING *`,
+       WHERE id = $2 AND state IN ('active', 'pending') AND expires_at > $3 AND heartbeat_deadline > $3 RETURNING *`,
       [deadline, id, now],
     );
     return row ? toGrant(row) : undefined;
   }
 
-  async endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined> {
+  async endGrant(
+    id: string,
+    state: GrantState,
+    reason: string,
+    at: number,
+    from: 'active' | 'pending' = 'active',
+  ): Promise<GrantRecord | undefined> {
     const [row] = await this.#rows(
-      `UPDATE grants SET state = $1, end_reason = $2, ended_at = $3 WHERE id = $4 AND state = 'active' RETURNING *`,
-      [state, reason, at, id],
+      `UPDATE grants SET state = $1, end_reason = $2, ended_at = $3 WHERE id = $4 AND state = $5 RETURNING *`,
+      [state, reason, at, id, from],
     );
     return row ? toGrant(row) : undefined;
+  }
+
+  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows(
+      `UPDATE grants SET state = 'active', activated_at = $1, expires_at = $2
+       WHERE id = $3 AND state = 'pending' AND approval_deadline > $1 RETURNING *`,
+      [times.activatedAt, times.expiresAt, id],
+    );
+    return row ? toGrant(row) : undefined;
+  }
+
+  async renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined> {
+    const [row] = await this.#rows(
+      `UPDATE grants SET expires_at = $1
+       WHERE id = $2 AND state = 'active' AND expires_at > $3 AND heartbeat_deadline > $3 AND expires_at < $1 RETURNING *`,
+      [expiresAt, id, now],
+    );
+    return row ? toGrant(row) : undefined;
+  }
+
+  async addApproval(approval: ApprovalRecord): Promise<boolean> {
+    const rows = await this.#rows(
+      `INSERT INTO approvals (grant_id, approver, verdict, reason, at) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (grant_id, approver) DO NOTHING RETURNING grant_id`,
+      [approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at],
+    );
+    return rows.length === 1;
+  }
+
+  async listApprovals(grantId: string): Promise<ApprovalRecord[]> {
+    return (await this.#rows('SELECT * FROM approvals WHERE grant_id = $1 ORDER BY at, approver', [grantId])).map(approvalFromRow);
+  }
+
+  /** As expireDue: disjoint batches across replicas, each timed-out grant returned once. */
+  async timeOutPending(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
+    const rows = await this.#rows(
+      `WITH due AS MATERIALIZED (
+         SELECT id FROM grants WHERE state = 'pending' AND (approval_deadline <= $1 OR heartbeat_deadline <= $1)
+         LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       UPDATE grants SET ended_at = $1,
+         state = CASE WHEN grants.approval_deadline <= $1 THEN 'timed-out' ELSE 'cancelled' END,
+         end_reason = CASE WHEN grants.approval_deadline <= $1 THEN 'approval timeout' ELSE 'requester stopped waiting' END
+       FROM due WHERE grants.id = due.id AND grants.state = 'pending'
+       RETURNING grants.*`,
+      [now, limit],
+    );
+    return rows.map(toGrant);
   }
 
   /**

@@ -3,7 +3,9 @@ import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlit
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
+  type ApprovalRecord,
   type AuditEvent,
+  approvalFromRow,
   type BrokerStore,
   EXPIRE_BATCH,
   eventFromRow,
@@ -151,16 +153,67 @@ export class SqliteStore implements BrokerStore {
   async extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined> {
     const row = this.#statement(
       `UPDATE grants SET heartbeat_deadline = ?
-         WHERE id = ? AND state = 'active' AND expires_at > ? AND heartbeat_deadline > ? RETURNING *`,
+         WHERE id = ? AND state IN ('active', 'pending') AND expires_at > ? AND heartbeat_deadline > ? RETURNING *`,
     ).get(deadline, id, now, now);
     return row ? toGrant(row) : undefined;
   }
 
-  async endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined> {
-    const row = this.#statement(
-      `UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = 'active' RETURNING *`,
-    ).get(state, reason, at, id);
+  async endGrant(
+    id: string,
+    state: GrantState,
+    reason: string,
+    at: number,
+    from: 'active' | 'pending' = 'active',
+  ): Promise<GrantRecord | undefined> {
+    const row = this.#statement(`UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = ? RETURNING *`).get(
+      state,
+      reason,
+      at,
+      id,
+      from,
+    );
     return row ? toGrant(row) : undefined;
+  }
+
+  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined> {
+    const row = this.#statement(
+      `UPDATE grants SET state = 'active', activated_at = ?, expires_at = ?
+         WHERE id = ? AND state = 'pending' AND approval_deadline > ? RETURNING *`,
+    ).get(times.activatedAt, times.expiresAt, id, times.activatedAt);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined> {
+    const row = this.#statement(
+      `UPDATE grants SET expires_at = ?
+         WHERE id = ? AND state = 'active' AND expires_at > ? AND heartbeat_deadline > ? AND expires_at < ? RETURNING *`,
+    ).get(expiresAt, id, now, now, expiresAt);
+    return row ? toGrant(row) : undefined;
+  }
+
+  async addApproval(approval: ApprovalRecord): Promise<boolean> {
+    const result = this.#statement(
+      `INSERT INTO approvals (grant_id, approver, verdict, reason, at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (grant_id, approver) DO NOTHING`,
+    ).run(approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at);
+    return Number(result.changes) === 1;
+  }
+
+  async listApprovals(grantId: string): Promise<ApprovalRecord[]> {
+    return this.#statement('SELECT * FROM approvals WHERE grant_id = ? ORDER BY at, approver').all(grantId).map(approvalFromRow);
+  }
+
+  async timeOutPending(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
+    return this.#statement(
+      `UPDATE grants SET ended_at = ?,
+           state = CASE WHEN approval_deadline <= ? THEN 'timed-out' ELSE 'cancelled' END,
+           end_reason = CASE WHEN approval_deadline <= ? THEN 'approval timeout' ELSE 'requester stopped waiting' END
+         WHERE state = 'pending' AND id IN (
+           SELECT id FROM grants WHERE state = 'pending' AND (approval_deadline <= ? OR heartbeat_deadline <= ?) LIMIT ?
+         ) RETURNING *`,
+    )
+      .all(now, now, now, now, now, limit)
+      .map(toGrant);
   }
 
   async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {

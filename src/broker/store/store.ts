@@ -51,6 +51,27 @@ export type GrantRecord = {
   endedAt: number | null;
   endReason: string | null;
   decision: string;
+  /** The lifetime it gets when it becomes active (on approval), and what a renewal extends by. */
+  ttlSeconds: number;
+  /** When it became usable; null while pending. The policy's max TTL counts from here. */
+  activatedAt: number | null;
+  /** When a pending request times out; null for a grant issued without approval. */
+  approvalDeadline: number | null;
+};
+
+/**
+ * A heartbeat deadline that is not running: the grant's holder has not started heartbeating yet
+ * (`jit request`, `jit run --no-wait`). The first heartbeat starts the clock. (The max Date.)
+ */
+export const NO_HEARTBEAT = 8_640_000_000_000_000;
+
+/** One reviewer's verdict on a pending grant; a reviewer has at most one per grant. */
+export type ApprovalRecord = {
+  grantId: string;
+  approver: string;
+  verdict: 'approve' | 'deny';
+  reason: string | null;
+  at: number;
 };
 
 /** The grants table's columns in one order, with a record's values in that order: both engines insert through these. */
@@ -67,6 +88,9 @@ export const GRANT_COLUMNS = [
   'ended_at',
   'end_reason',
   'decision',
+  'ttl_seconds',
+  'activated_at',
+  'approval_deadline',
 ] as const;
 
 export function grantValues(grant: GrantRecord): (string | number | null)[] {
@@ -83,6 +107,9 @@ export function grantValues(grant: GrantRecord): (string | number | null)[] {
     grant.endedAt,
     grant.endReason,
     grant.decision,
+    grant.ttlSeconds,
+    grant.activatedAt,
+    grant.approvalDeadline,
   ];
 }
 
@@ -109,6 +136,9 @@ export function grantFromRow({ row, json }: RowReader): GrantRecord {
     endedAt: nullableNumber(row.ended_at),
     endReason: nullableString(row.end_reason),
     decision: String(row.decision),
+    ttlSeconds: Number(row.ttl_seconds),
+    activatedAt: nullableNumber(row.activated_at),
+    approvalDeadline: nullableNumber(row.approval_deadline),
   };
 }
 
@@ -122,6 +152,17 @@ export function principalFromRow({ row, json }: RowReader): PrincipalRecord {
     createdBy: nullableString(row.created_by),
     createdAt: Number(row.created_at),
     revokedAt: nullableNumber(row.revoked_at),
+  };
+}
+
+/** approvals has no JSON column: one mapping serves both engines as they are. */
+export function approvalFromRow(row: Record<string, unknown>): ApprovalRecord {
+  return {
+    grantId: String(row.grant_id),
+    approver: String(row.approver),
+    verdict: row.verdict === 'deny' ? 'deny' : 'approve',
+    reason: nullableString(row.reason),
+    at: Number(row.at),
   };
 }
 
@@ -163,10 +204,30 @@ export interface BrokerStore {
   getGrant(id: string): Promise<GrantRecord | undefined>;
   findGrantByCredentialHash(credentialHash: string): Promise<GrantRecord | undefined>;
   listGrants(filter: { subject?: string; states?: readonly GrantState[] }): Promise<GrantRecord[]>;
-  /** Moves the heartbeat deadline of a grant that is still usable at `now`; undefined if it is not. */
+  /** Moves the heartbeat deadline of a grant still usable (or still pending) at `now`; undefined if it is not. */
   extendHeartbeat(id: string, deadline: number, now: number): Promise<GrantRecord | undefined>;
-  /** Ends an active grant; undefined when it had already ended (someone else won). */
-  endGrant(id: string, state: GrantState, reason: string, at: number): Promise<GrantRecord | undefined>;
+  /**
+   * Moves a grant in state `from` (active unless said) to an end state; undefined when it was no
+   * longer in `from` (someone else won).
+   */
+  endGrant(id: string, state: GrantState, reason: string, at: number, from?: 'active' | 'pending'): Promise<GrantRecord | undefined>;
+  /**
+   * Makes a pending grant active, unless it has left pending or its approval deadline passed by
+   * `times.activatedAt`. The heartbeat deadline stays: a waiter that stopped heartbeating while
+   * pending (its `jit run` died) gets a grant that lapses at once.
+   */
+  activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined>;
+  /** Moves the expiry of a grant usable at `now` later, to `expiresAt`; undefined if not usable or not later. */
+  renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined>;
+  /** Records a reviewer's verdict; false when this reviewer already gave one for this grant. */
+  addApproval(approval: ApprovalRecord): Promise<boolean>;
+  listApprovals(grantId: string): Promise<ApprovalRecord[]>;
+  /**
+   * Ends up to `limit` pending grants that can no longer be approved, exactly once across
+   * replicas: past their approval deadline (timed-out), or whose waiting requester stopped
+   * heartbeating (cancelled, "requester stopped waiting").
+   */
+  timeOutPending(now: number, limit?: number): Promise<GrantRecord[]>;
   /**
    * Ends up to `limit` active grants past their expiry or heartbeat deadline at `now`, returning
    * them. Each due grant is returned by exactly one call, even across replicas sweeping at once;

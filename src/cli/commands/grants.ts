@@ -13,7 +13,14 @@ export const grants: CommandDefinition = {
     if (rows.length === 0) return { data: { grants: [] }, human: 'No live grants on this machine.' };
     const table = [
       ['ID', 'STATE', 'SCOPES', 'EXPIRES', 'PID', 'COMMAND'],
-      ...rows.map((grant) => [grant.id, grant.state, grant.scopes.join(','), grant.expiresAt, String(grant.pid), grant.command]),
+      ...rows.map((grant) => [
+        grant.id,
+        grant.state,
+        grant.scopes.join(','),
+        grant.expiresAt ?? '-',
+        grant.pid === null ? '-' : String(grant.pid),
+        grant.command,
+      ]),
     ];
     return { data: { grants: rows }, human: renderTable(table) };
   },

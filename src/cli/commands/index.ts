@@ -1,12 +1,20 @@
 import type { CommandDefinition } from '../command.ts';
+import { approvals } from './approvals.ts';
+import { approve } from './approve.ts';
 import { brokerCheckConfig } from './broker-check-config.ts';
 import { brokerInit } from './broker-init.ts';
 import { brokerOpenapi } from './broker-openapi.ts';
 import { brokerStart } from './broker-start.ts';
+import { brokerTokenCreate } from './broker-token-create.ts';
+import { brokerTokenList } from './broker-token-list.ts';
+import { brokerTokenRevoke } from './broker-token-revoke.ts';
+import { deny } from './deny.ts';
 import { grants } from './grants.ts';
 import { login } from './login.ts';
 import { logout } from './logout.ts';
 import { policyExplain } from './policy-explain.ts';
+import { renew } from './renew.ts';
+import { request } from './request.ts';
 import { revoke } from './revoke.ts';
 import { run } from './run.ts';
 
@@ -15,11 +23,19 @@ export const COMMANDS: readonly CommandDefinition[] = [
   login,
   logout,
   run,
+  request,
   grants,
+  renew,
   revoke,
+  approvals,
+  approve,
+  deny,
   brokerInit,
   brokerStart,
   brokerOpenapi,
   brokerCheckConfig,
+  brokerTokenCreate,
+  brokerTokenList,
+  brokerTokenRevoke,
   policyExplain,
 ];

@@ -9,17 +9,23 @@ export const run: CommandDefinition = {
   summary: 'run a command with a just-in-time grant, revoked when it exits',
   define: (command) =>
     command
-      .usage('--scope SCOPE [--scope SCOPE ...] [options] -- COMMAND [ARGS...]')
-      .requiredOption('-s, --scope <scope>', 'what the job needs, e.g. datasets/train (repeatable)', collect)
+      .usage('--scope SCOPE [--scope SCOPE ...] [options] -- COMMAND [ARGS...]\n       jit run --grant ID [options] -- COMMAND [ARGS...]')
+      .option('-s, --scope <scope>', 'what the job needs, e.g. datasets/train (repeatable)', collect)
+      .option('--grant <id>', 'run under a grant from `jit request` (or an earlier `--no-wait`) instead of requesting one')
       .option('--ttl <duration>', 'how long the grant may live, e.g. 30m, 2h (default: the policy default)')
       .option('--reason <text>', 'why, recorded in the audit trail')
+      .option('--no-wait', 'if the grant needs approval, exit 9 at once with its id instead of waiting')
+      .option('--wait-timeout <duration>', 'give up waiting for approval after this long (exit 9), e.g. 15m')
       .option('--kill-after <duration>', 'grace period between relaying a signal and SIGKILL', '10s')
       .argument('[command...]', 'the command to run, after --')
       .passThroughOptions(),
   async handler({ args, options }, ctx) {
     const ttl = options.ttl === undefined ? ctx.config.profile(ctx.options.profile)?.defaultTtl : String(options.ttl);
     const exitCode = await runUnderGrant(ctx, {
-      scopes: options.scope as string[],
+      scopes: (options.scope as string[] | undefined) ?? [],
+      grantId: options.grant === undefined ? undefined : String(options.grant),
+      wait: options.wait !== false,
+      waitTimeoutMs: options.waitTimeout === undefined ? undefined : parseDuration(String(options.waitTimeout), '--wait-timeout') * 1000,
       ttlSeconds: ttl === undefined ? undefined : parseDuration(ttl, '--ttl'),
       reason: options.reason === undefined ? undefined : String(options.reason),
       command: args,
