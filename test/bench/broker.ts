@@ -138,7 +138,8 @@ ${verdicts.join('\n')}
 Each issue authenticates the token, parses and checks the scopes, evaluates the policy, writes the
 grant and its audit event (one transaction), and answers with the credential; the ceiling writes one row.
 
-Reproduce: \`npm run bench:broker\` (\`JIT_BENCH_SECONDS\`, \`JIT_BENCH_ROUNDS\`, \`JIT_BENCH_CONCURRENCY\`, \`JIT_BENCH_RATE\`).
+Reproduce: \`npm run bench:broker\` (\`JIT_BENCH_SECONDS\`, \`JIT_BENCH_ROUNDS\`, \`JIT_BENCH_CONCURRENCY\`, \`JIT_BENCH_RATE\`),
+with PostgreSQL at 127.0.0.1:5432 as the tests use it (\`JIT_TEST_POSTGRES_URL\`; \`.ci/run\` sets one up).
 `;
 await writeSection('broker', issuing);
 process.stdout.write(issuing);
