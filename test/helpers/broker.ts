@@ -33,11 +33,19 @@ export const SAMPLE_FILES: Record<string, string> = {
 /**
  * A real broker in this process on a free loopback port, in its own temporary directory, with
  * the sample datasets. `heartbeatTimeout` shortens the lapse window for tests that kill jit.
- * `clock` replaces the broker's clock. `store: 'postgres'` puts the store in a new PostgreSQL database (dropped by `cleanup`), so more
+ * `clock` replaces the broker's clock. `policy` replaces the policy section (approval rules, groups). `store: 'postgres'` puts the store in a new PostgreSQL database (dropped by `cleanup`), so more
  * replicas can be started on the same directory with `startBroker`.
  */
 export async function startTestBroker(
-  options: { heartbeatTimeout?: string; files?: Record<string, string>; store?: 'sqlite' | 'postgres'; clock?: Clock } = {},
+  options: {
+    heartbeatTimeout?: string;
+    files?: Record<string, string>;
+    store?: 'sqlite' | 'postgres';
+    clock?: Clock;
+    /** Replaces broker.yaml's whole `policy:` section (YAML starting with `policy:`). */
+    policy?: string;
+    approvalTimeout?: string;
+  } = {},
 ): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'jit-broker-'));
   const { token } = await initBroker(dir, 'admin');
@@ -45,6 +53,13 @@ export async function startTestBroker(
   for (const [name, content] of Object.entries(options.files ?? SAMPLE_FILES)) {
     await mkdir(path.dirname(path.join(dataDir, name)), { recursive: true });
     await writeFile(path.join(dataDir, name), content);
+  }
+  if (options.policy !== undefined || options.approvalTimeout !== undefined) {
+    const configFile = path.join(dir, 'broker.yaml');
+    let yaml = await readFile(configFile, 'utf8');
+    if (options.policy !== undefined) yaml = `${yaml.slice(0, yaml.indexOf('\npolicy:'))}\n${options.policy}`;
+    if (options.approvalTimeout !== undefined) yaml = yaml.replace(/approvalTimeout: \S+/, `approvalTimeout: ${options.approvalTimeout}`);
+    await writeFile(configFile, yaml);
   }
   if (options.heartbeatTimeout) {
     const configFile = path.join(dir, 'broker.yaml');

@@ -1,5 +1,7 @@
 import {
+  approveRequestSchema,
   createdTokenSchema,
+  denyRequestSchema,
   errorSchema,
   grantIdParams,
   grantListQuery,
@@ -7,6 +9,7 @@ import {
   grantViewSchema,
   issuedGrantSchema,
   receiptSchema,
+  renewRequestSchema,
   tokenIdParams,
   tokenRequestSchema,
   tokenRevocationSchema,
@@ -24,7 +27,7 @@ const ERROR_MEANINGS: Record<number, string> = {
   401: 'no valid token (API token on control routes, grant credential on /v1/files)',
   403: "denied by policy, outside the grant, or (code forbidden) the token's roles do not allow the call",
   404: 'no such grant (for this principal), token or file',
-  409: 'the grant has ended',
+  409: 'the grant has ended, is not pending (approve, deny), was already reviewed by you, or cannot be renewed further',
 };
 
 const grantId = [{ name: 'id', in: 'path', required: true, schema: grantIdParams.properties.id }];
@@ -47,6 +50,9 @@ export function openApiDocument(version: string) {
       },
       schemas: {
         GrantRequest: grantRequestSchema,
+        RenewRequest: renewRequestSchema,
+        ApproveRequest: approveRequestSchema,
+        DenyRequest: denyRequestSchema,
         Grant: grantViewSchema,
         IssuedGrant: issuedGrantSchema,
         Receipt: receiptSchema,
@@ -90,7 +96,14 @@ export function openApiDocument(version: string) {
           summary: 'request a grant; policy decides (requester)',
           security: apiToken,
           requestBody: { required: true, ...json(ref('GrantRequest')) },
-          responses: { '201': { description: 'issued', ...json(ref('IssuedGrant')) }, ...errors(400, 401, 403) },
+          responses: {
+            '201': { description: 'issued: active now', ...json(ref('IssuedGrant')) },
+            '202': {
+              description: 'pending approval: the credential is refused until approved; poll GET /v1/grants/{id} or heartbeat it',
+              ...json(ref('IssuedGrant')),
+            },
+            ...errors(400, 401, 403),
+          },
         },
         get: {
           summary: "the caller's grants (requester), or with all=true every principal's (auditor), newest first",
@@ -122,6 +135,46 @@ export function openApiDocument(version: string) {
           security: apiToken,
           parameters: grantId,
           responses: { '200': { description: 'the grant, new deadline', ...json(ref('Grant')) }, ...errors(400, 401, 403, 404, 409) },
+        },
+      },
+      '/v1/grants/{id}/renew': {
+        post: {
+          summary: "move a live grant's expiry to now + ttlSeconds, never past its policy's maxTtl from activation (requester, own grants)",
+          security: apiToken,
+          parameters: grantId,
+          requestBody: json(ref('RenewRequest')),
+          responses: {
+            '200': { description: 'the grant, new expiry; same credential', ...json(ref('Grant')) },
+            ...errors(400, 401, 403, 404, 409),
+          },
+        },
+      },
+      '/v1/approvals': {
+        get: {
+          summary: 'pending requests the caller may approve or deny (approver), oldest first',
+          security: apiToken,
+          responses: {
+            '200': { description: 'grants', ...json({ type: 'object', properties: { grants: { type: 'array', items: ref('Grant') } } }) },
+            ...errors(401, 403),
+          },
+        },
+      },
+      '/v1/grants/{id}/approve': {
+        post: {
+          summary: 'approve a pending request (approver named by its rule; never your own); active once every rule has its count',
+          security: apiToken,
+          parameters: grantId,
+          requestBody: json(ref('ApproveRequest')),
+          responses: { '200': { description: 'the grant', ...json(ref('Grant')) }, ...errors(400, 401, 403, 404, 409) },
+        },
+      },
+      '/v1/grants/{id}/deny': {
+        post: {
+          summary: 'deny a pending request, with a reason the requester sees (approver named by its rule)',
+          security: apiToken,
+          parameters: grantId,
+          requestBody: json(ref('DenyRequest')),
+          responses: { '200': { description: 'the grant, now denied', ...json(ref('Grant')) }, ...errors(400, 401, 403, 404, 409) },
         },
       },
       '/v1/tokens': {

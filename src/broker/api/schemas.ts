@@ -101,7 +101,19 @@ const nullableTimestamp = { type: ['string', 'null'], format: 'date-time' } as c
 
 export const grantViewSchema = {
   type: 'object',
-  required: ['id', 'subject', 'scopes', 'state', 'createdAt', 'expiresAt', 'heartbeatDeadline', 'heartbeatIntervalSeconds'],
+  required: [
+    'id',
+    'subject',
+    'scopes',
+    'state',
+    'createdAt',
+    'activatedAt',
+    'expiresAt',
+    'ttlSeconds',
+    'heartbeatDeadline',
+    'heartbeatIntervalSeconds',
+    'approval',
+  ],
   properties: {
     id: { type: 'string', pattern: GRANT_ID.source },
     subject: { type: 'string' },
@@ -109,11 +121,39 @@ export const grantViewSchema = {
     reason: { type: ['string', 'null'] },
     state: { type: 'string', enum: [...GRANT_STATES] },
     createdAt: timestamp,
-    expiresAt: timestamp,
-    heartbeatDeadline: timestamp,
+    activatedAt: { ...nullableTimestamp, description: 'when it became usable; null while pending' },
+    expiresAt: { ...nullableTimestamp, description: 'when it stops being usable; null while pending' },
+    ttlSeconds: { type: 'integer', description: 'the lifetime asked for: what approval starts and a renewal extends by' },
+    heartbeatDeadline: { ...nullableTimestamp, description: 'null while no process holds it (jit request)' },
     heartbeatIntervalSeconds: { type: 'integer' },
     endedAt: nullableTimestamp,
     endReason: { type: ['string', 'null'] },
+    approval: {
+      type: ['object', 'null'],
+      description: 'where a request that needed approval stands; null when its policy needed none',
+      required: ['deadline', 'requirements', 'deniedBy'],
+      properties: {
+        deadline: { ...timestamp, description: 'when a pending request times out' },
+        requirements: {
+          type: 'array',
+          description: 'one per approval rule its scopes fall under; all must be met',
+          items: {
+            type: 'object',
+            required: ['scopes', 'approvers', 'count', 'approvedBy'],
+            properties: {
+              scopes: { type: 'array', items: { type: 'string' } },
+              approvers: { type: 'array', items: { type: 'string' }, description: 'user:NAME or group:NAME' },
+              count: { type: 'integer', description: 'distinct approvals needed, never the requester' },
+              approvedBy: { type: 'array', items: { type: 'string' } },
+            },
+          },
+        },
+        deniedBy: {
+          type: ['object', 'null'],
+          properties: { approver: { type: 'string' }, reason: { type: ['string', 'null'] } },
+        },
+      },
+    },
   },
 } as const;
 

@@ -8,7 +8,7 @@ import type { BrokerConfig } from '../config.ts';
 import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { checkScope } from '../resources.ts';
-import { type ApprovalRecord, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
+import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
 import { allMet, describeRequirements, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
@@ -358,10 +358,22 @@ export class GrantService {
     }
     const now = this.#clock.now();
     if (grant.state !== 'active' || now >= grant.expiresAt || now >= grant.heartbeatDeadline) {
+      if (grant.state === 'pending') {
+        await this.#audit('data.refused', grant, { reason: 'grant_pending', state: grant.state });
+        throw new AuthError(`grant ${grant.id} is waiting for approval`, {
+          code: 'grant_pending',
+          hint: 'its credential works once the grant is approved (`jit run` waits for that)',
+        });
+      }
       await this.#audit('data.refused', grant, { reason: 'grant_ended', state: grant.state });
       throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
     }
     return { grant, scopes: grant.scopes.map(parseScope) };
+  }
+
+  /** A grant's audit trail, oldest first. */
+  events(grantId: string): Promise<AuditEvent[]> {
+    return this.#store.listEvents({ grantId });
   }
 
   async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
