@@ -112,7 +112,7 @@ if (unavailable) throw new Error(`bench:broker measures PostgreSQL too: ${unavai
 
 const results: Measured[] = [];
 for (const engine of ENGINES) results.push(await measureEngine(engine));
-const percent = (share: number) => `${(share * 100).toFixed(0)}%`;
+const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
 const verdicts = results.map(({ engine, shares }) => {
   const share = stats(shares).median;
   const range = `${percent(Math.min(...shares))}–${percent(Math.max(...shares))}`;
