@@ -112,8 +112,10 @@ export class BrokerClient {
 
   #translate(error: unknown, HTTPError: typeof import('got').HTTPError, RequestError: typeof import('got').RequestError): JitError {
     if (error instanceof HTTPError) {
-      const body = error.response.body as { error?: { code?: string; message?: string; hint?: string } } | undefined;
-      return errorFromHttp(error.response.statusCode, body?.error);
+      // RFC 9457 problem details (docs/api.md#errors); anything else (a proxy's page) has none of these.
+      const body = error.response.body as { code?: string; detail?: string; hint?: string } | undefined;
+      const problem = body && typeof body === 'object' ? body : undefined;
+      return errorFromHttp(error.response.statusCode, problem && { code: problem.code, message: problem.detail, hint: problem.hint });
     }
     if (error instanceof RequestError) {
       const { code, message } = error;

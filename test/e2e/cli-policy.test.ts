@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { jit, testEnv } from '../helpers/cli.ts';
 import { brokerGrants, localGrants } from '../helpers/state.ts';
@@ -179,34 +180,36 @@ describe('a request whose rule needs approval', () => {
   });
   after(() => broker.cleanup());
 
-  it('is answered 403 approval_required naming the approvers; jit run exits 4 and leaves nothing behind', async () => {
-    const direct = await api<{ error: { code: string; message: string } }>(broker, broker.token, 'POST', 'grants', {
-      scopes: ['datasets/train'],
-    });
-    assert.equal(direct.status, 403);
-    assert.equal(direct.body.error.code, 'approval_required');
-    assert.match(direct.body.error.message, /needs approval by 2 of user:olga, user:pat/);
-    const both = await api<{ error: { code: string; message: string } }>(broker, broker.token, 'POST', 'grants', {
-      scopes: ['datasets/train', 'datasets/eval'],
-    });
-    assert.equal(both.status, 403);
-    assert.match(
-      both.body.error.message,
-      /^datasets\/train, datasets\/eval need approval by 2 of user:olga, user:pat \(no self-approval\)/,
-    );
+  it('is held pending (202) naming its approvers; jit run --no-wait exits 9 with its id and runs nothing', async () => {
+    const direct = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(direct.status, 202);
+    assert.equal(direct.body.state, 'pending');
+    assert.deepEqual(direct.body.approval?.requirements, [
+      { scopes: ['datasets/train'], approvers: ['user:olga', 'user:pat'], count: 2, approvedBy: [] },
+    ]);
     const env = await testEnv({ JIT_BROKER_URL: broker.url, JIT_TOKEN: broker.token });
     scratch.push(env.HOME ?? '');
     const result = await jit(
-      ['run', '--keychain', 'memory', '--scope', 'datasets/train', '--', process.execPath, '-e', 'process.stdout.write("job ran")'],
+      [
+        'run',
+        '--no-wait',
+        '--keychain',
+        'memory',
+        '--scope',
+        'datasets/train',
+        '--',
+        process.execPath,
+        '-e',
+        'process.stdout.write("job ran")',
+      ],
       { env },
     );
-    assert.equal(result.code, 4);
+    assert.equal(result.code, 9);
     assert.equal(result.stdout, '', 'the job never ran');
-    assert.equal(
-      result.stderr,
-      'jit: error: datasets/train needs approval by 2 of user:olga, user:pat (no self-approval), and the approval flow is not available on this broker yet; request a scope whose rule needs no approval, or ask a data owner for one (docs/policy.md#approval)\n',
-    );
-    assert.deepEqual(await brokerGrants(broker), []);
-    assert.deepEqual(await localGrants(env), {});
+    const id = /grant (g_[0-9a-f]{20}) is waiting for approval by 2 of user:olga, user:pat/.exec(result.stderr)?.[1];
+    assert.ok(id, result.stderr);
+    assert.match(result.stderr, new RegExp(`jit run --grant ${id} -- `));
+    const held = (await brokerGrants(broker)).find((grant) => grant.id === id);
+    assert.equal(held?.state, 'pending', 'it stays pending for a later `jit run --grant`');
   });
 });

@@ -4,7 +4,8 @@ import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/g
 import { api, createToken, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
 
-type ErrorBody = { error: { code: string; message: string; hint?: string } };
+/** An RFC 9457 problem-details error body (docs/api.md#errors). */
+type ErrorBody = { type: string; status: number; code: string; detail: string; hint?: string; requestId: string };
 
 /** eval data waits for two data owners; train data is granted at once. olga is in both groups. */
 const POLICY = `policy:
@@ -59,7 +60,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       ]);
       const read = await readGranted(broker.url, requested.body.credential, 'datasets/eval/holdout.jsonl');
       assert.equal(read.status, 401);
-      assert.equal((JSON.parse(read.text) as ErrorBody).error.code, 'grant_pending');
+      assert.equal((JSON.parse(read.text) as ErrorBody).code, 'grant_pending');
     });
 
     it('lists a request for its approvers only, and never for the requester', async () => {
@@ -70,7 +71,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.ok(!(await listed('rex'))?.includes(body.id), 'rex approves, but not for this rule');
       const requester = await as('ana', 'GET', 'approvals');
       assert.equal(requester.status, 403);
-      assert.equal(requester.body.error.code, 'forbidden');
+      assert.equal(requester.body.code, 'forbidden');
     });
 
     it('activates a request on its second distinct approval, with the TTL counted from then', async () => {
@@ -81,7 +82,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.deepEqual(first.body.approval?.requirements[0]?.approvedBy, ['user:pat']);
       const again = await as('pat', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(again.status, 409);
-      assert.equal(again.body.error.code, 'already_reviewed');
+      assert.equal(again.body.code, 'already_reviewed');
       assert.equal((await readGranted(broker.url, body.credential, 'datasets/eval/holdout.jsonl')).status, 401);
 
       const before = Date.now() + offset;
@@ -104,14 +105,14 @@ for (const store of ['sqlite', 'postgres'] as const) {
       const { body } = await requestEval('olga');
       const self = await as('olga', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(self.status, 403);
-      assert.equal(self.body.error.code, 'self_approval');
+      assert.equal(self.body.code, 'self_approval');
       const stranger = await as('rex', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(stranger.status, 403);
-      assert.equal(stranger.body.error.code, 'not_an_approver');
-      assert.match(stranger.body.error.message, /needs 2 of group:data-owners/);
+      assert.equal(stranger.body.code, 'not_an_approver');
+      assert.match(stranger.body.detail, /needs 2 of group:data-owners/);
       const requesterOnly = await as('ana', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(requesterOnly.status, 403);
-      assert.equal(requesterOnly.body.error.code, 'forbidden');
+      assert.equal(requesterOnly.body.code, 'forbidden');
       const view = await as<GrantView>('olga', 'GET', `grants/${body.id}`);
       assert.deepEqual(view.body.approval?.requirements[0]?.approvedBy, [], 'no refused review counted');
     });
@@ -128,7 +129,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.equal(seen.body.endReason, 'denied by user:quinn: holdout stays sealed until v8');
       const late = await as('olga', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(late.status, 409);
-      assert.equal(late.body.error.code, 'not_pending');
+      assert.equal(late.body.code, 'not_pending');
       assert.equal((await readGranted(broker.url, body.credential, 'datasets/eval/holdout.jsonl')).status, 401);
     });
 
@@ -137,7 +138,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       const receipt = await as<RevocationReceipt>('ana', 'DELETE', `grants/${body.id}`);
       assert.equal(receipt.body.state, 'cancelled');
       const late = await as('pat', 'POST', `grants/${body.id}/approve`, {});
-      assert.equal(late.body.error.code, 'not_pending');
+      assert.equal(late.body.code, 'not_pending');
     });
 
     it('times out a request nobody reviewed, and cancels one whose waiting requester went away', async () => {
@@ -155,7 +156,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
       await broker.broker.grants.sweep();
       assert.deepEqual([(await stateOf(unreviewed.id)).state, (await stateOf(unreviewed.id)).endReason], ['timed-out', 'approval timeout']);
       const late = await as('pat', 'POST', `grants/${unreviewed.id}/approve`, {});
-      assert.equal(late.body.error.code, 'not_pending');
+      assert.equal(late.body.code, 'not_pending');
     });
 
     it('renews a live grant in place, up to its max TTL from activation and no further', async () => {
@@ -173,10 +174,10 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.equal(capped.body.expiresAt, new Date(activatedAt + 2 * HOUR).toISOString(), 'never past maxTtl (2h) from activation');
       const refused = await as('ana', 'POST', `grants/${issued.id}/renew`, {});
       assert.equal(refused.status, 409);
-      assert.equal(refused.body.error.code, 'renewal_capped');
+      assert.equal(refused.body.code, 'renewal_capped');
       const tooLong = await as('ana', 'POST', `grants/${issued.id}/renew`, { ttlSeconds: 3 * 3600 });
       assert.equal(tooLong.status, 400);
-      assert.equal(tooLong.body.error.code, 'ttl_too_long');
+      assert.equal(tooLong.body.code, 'ttl_too_long');
       assert.equal((await readGranted(broker.url, issued.credential, 'datasets/train/shard-0000.jsonl')).status, 200, 'same credential');
       const other = await as('olga', 'POST', `grants/${issued.id}/renew`, {});
       assert.equal(other.status, 404, "someone else's grant");

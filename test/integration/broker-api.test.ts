@@ -22,7 +22,8 @@ function rawGet(base: string, rawPath: string, credential: string): Promise<{ st
   });
 }
 
-type ErrorBody = { error: { code: string; message: string; hint?: string } };
+/** An RFC 9457 problem-details error body (docs/api.md#errors). */
+type ErrorBody = { type: string; status: number; code: string; detail: string; hint?: string; requestId: string };
 
 describe('broker API', () => {
   let broker: TestBroker;
@@ -39,7 +40,7 @@ describe('broker API', () => {
     assert.equal(((await health.json()) as { status: string }).status, 'ok');
     const anonymous = await api<ErrorBody>(broker, '', 'GET', 'grants');
     assert.equal(anonymous.status, 401);
-    assert.equal(anonymous.body.error.code, 'unauthenticated');
+    assert.equal(anonymous.body.code, 'unauthenticated');
     assert.equal((await api(broker, 'jit_not-a-real-token', 'GET', 'whoami')).status, 401);
     const whoami = await api<{ subject: string; roles: string[]; tokenId: string }>(broker, broker.token, 'GET', 'whoami');
     assert.deepEqual(whoami.body, { subject: 'user:admin', roles: ['admin'], tokenId: whoami.body.tokenId });
@@ -91,8 +92,8 @@ describe('broker API', () => {
       const before = await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants');
       const response = await grant(body);
       assert.equal(response.status, status);
-      assert.equal(response.body.error.code, code);
-      if (hint) assert.match(response.body.error.hint ?? '', hint);
+      assert.equal(response.body.code, code);
+      if (hint) assert.match(response.body.hint ?? '', hint);
       const afterwards = await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants');
       assert.equal(afterwards.body.grants.length, before.body.grants.length);
     });
@@ -116,7 +117,7 @@ describe('broker API', () => {
     assert.equal((await readGranted(broker.url, body.credential, 'datasets/train/shard-0000.jsonl')).status, 401);
     const heartbeat = await api<ErrorBody>(broker, broker.token, 'POST', `grants/${body.id}/heartbeat`);
     assert.equal(heartbeat.status, 409);
-    assert.equal(heartbeat.body.error.code, 'grant_ended');
+    assert.equal(heartbeat.body.code, 'grant_ended');
   });
 
   it('lapses a grant whose heartbeats stop, and keeps one alive that heartbeats', async () => {
@@ -191,7 +192,7 @@ describe('files endpoint', () => {
     it(`refuses ${what} (${status} ${code})`, async () => {
       const response = await rawGet(broker.url, `/v1/files/${target}`, credential);
       assert.equal(response.status, status);
-      assert.equal((JSON.parse(response.text) as ErrorBody).error.code, code);
+      assert.equal((JSON.parse(response.text) as ErrorBody).code, code);
       assert.doesNotMatch(response.text, /broker secrets|do not leak/);
     });
   }
@@ -253,7 +254,7 @@ describe('failed authentication', () => {
     const limited = await fetch(`${broker.url}/v1/whoami`, { headers: { authorization: 'Bearer jit_guess' } });
     assert.equal(limited.status, 429);
     assert.match(limited.headers.get('retry-after') ?? '', /^\d+$/);
-    assert.equal(((await limited.json()) as ErrorBody).error.code, 'rate_limited');
+    assert.equal(((await limited.json()) as ErrorBody).code, 'rate_limited');
     assert.equal(
       (await readGranted(broker.url, 'jitc_guess', 'datasets/train/shard-0000.jsonl')).status,
       429,

@@ -87,7 +87,7 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
     for (const grant of grants) {
       const expired = (await store.listEvents({ grantId: grant.id })).filter((event) => event.type === 'grant.expired');
       assert.equal(expired.length, 1, `grant ${grant.id} has ${expired.length} grant.expired events`);
-      assert.deepEqual(expired[0]?.detail, { reason: 'heartbeat' });
+      assert.deepEqual(expired[0]?.detail, { reason: 'heartbeat', by: 'system' });
       assert.equal((await readGranted(c.url, grant.credential, FILE)).status, 401);
     }
   });

@@ -60,9 +60,11 @@ describe('request ids', () => {
     const made = await fetch(`${broker.url}/v1/grants`);
     const id = made.headers.get('x-request-id') ?? '';
     assert.match(id, /^[0-9a-f-]{36}$/);
-    const body = (await made.json()) as { error: { code: string; requestId: string } };
+    const body = (await made.json()) as { code: string; requestId: string; type: string; status: number };
     assert.equal(made.status, 401);
-    assert.equal(body.error.requestId, id);
+    assert.equal(body.requestId, id);
+    assert.deepEqual([body.type, body.status, body.code], ['urn:jit:error:unauthenticated', 401, 'unauthenticated']);
+    assert.match(made.headers.get('content-type') ?? '', /^application\/problem\+json/, 'RFC 9457 problem details');
     const unsafe = await fetch(`${broker.url}/v1/health`, { headers: { 'x-request-id': 'bad id with spaces' } });
     assert.match(unsafe.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/, 'an unsafe id is replaced');
   });

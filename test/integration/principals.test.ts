@@ -9,8 +9,9 @@ import type { CreatedToken, TokenRevocation, TokenView } from '../../src/core/to
 import { api, createToken, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
 
-type ErrorBody = { error: { code: string; message: string; hint?: string } };
-const code = (response: { body: unknown }) => (response.body as ErrorBody).error?.code;
+/** An RFC 9457 problem-details error body (docs/api.md#errors). */
+type ErrorBody = { type: string; status: number; code: string; detail: string; hint?: string; requestId: string };
+const code = (response: { body: unknown }) => (response.body as ErrorBody).code;
 
 /** Lets `subjects` request datasets/** too (init's policy allows only its admin): roles, not policy, are what these tests gate. */
 async function allowSubjects(broker: TestBroker, subjects: string[]): Promise<void> {
@@ -74,7 +75,7 @@ describe('principals: roles on every endpoint', () => {
     const all = await api(broker, bob, 'GET', 'grants?all=true');
     assert.equal(all.status, 403);
     assert.equal(code(all), 'forbidden');
-    assert.match((all.body as ErrorBody).error.hint ?? '', /--role auditor/);
+    assert.match((all.body as ErrorBody).hint ?? '', /--role auditor/);
   });
 
   it('an auditor reads every grant but cannot request, heartbeat or revoke', async () => {
@@ -99,8 +100,8 @@ describe('principals: roles on every endpoint', () => {
   it('an approver without the requester role cannot request a grant, and nothing is issued', async () => {
     const refused = await api<ErrorBody>(broker, approver, 'POST', 'grants', { scopes: ['datasets/train'] });
     assert.equal(refused.status, 403);
-    assert.equal(refused.body.error.code, 'forbidden');
-    assert.match(refused.body.error.message, /user:olga's token has no requester role/);
+    assert.equal(refused.body.code, 'forbidden');
+    assert.match(refused.body.detail, /user:olga's token has no requester role/);
     const all = await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants?all=true');
     assert.ok(!all.body.grants.some((grant) => grant.subject === 'user:olga'));
   });
@@ -181,7 +182,7 @@ describe('principals: roles on every endpoint', () => {
     ] as const) {
       const refused = await api<ErrorBody>(broker, broker.token, 'POST', 'tokens', body);
       assert.equal(refused.status, 400, JSON.stringify(body));
-      assert.match(refused.body.error.message, pattern);
+      assert.match(refused.body.detail, pattern);
     }
     const after = (await api<{ tokens: TokenView[] }>(broker, broker.token, 'GET', 'tokens')).body.tokens.length;
     assert.equal(after, before);

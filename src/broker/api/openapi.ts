@@ -18,9 +18,12 @@ import {
 } from './schemas.ts';
 
 const json = (schema: unknown) => ({ content: { 'application/json': { schema } } });
+const problem = (schema: unknown) => ({ content: { 'application/problem+json': { schema } } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const errors = (...statuses: number[]) =>
-  Object.fromEntries(statuses.map((status) => [String(status), { description: ERROR_MEANINGS[status] ?? 'error', ...json(ref('Error')) }]));
+  Object.fromEntries(
+    statuses.map((status) => [String(status), { description: ERROR_MEANINGS[status] ?? 'error', ...problem(ref('Error')) }]),
+  );
 
 const ERROR_MEANINGS: Record<number, string> = {
   400: 'invalid request: bad body, scope, resource, action or TTL',

@@ -183,20 +183,19 @@ export const receiptSchema = {
   },
 } as const;
 
+/** RFC 9457 problem details, served as application/problem+json (docs/api.md#errors). */
 export const errorSchema = {
   type: 'object',
-  required: ['error'],
+  required: ['type', 'title', 'status', 'detail', 'code', 'requestId'],
   properties: {
-    error: {
-      type: 'object',
-      required: ['code', 'message'],
-      properties: {
-        code: { type: 'string', description: 'stable, for scripts (docs/exit-codes.md)' },
-        message: { type: 'string' },
-        hint: { type: 'string', description: 'what to do about it' },
-        requestId: { type: 'string', description: 'the x-request-id of the request, for the broker log' },
-      },
-    },
+    type: { type: 'string', description: 'urn:jit:error:<code>' },
+    title: { type: 'string', description: 'the HTTP status text' },
+    status: { type: 'integer' },
+    detail: { type: 'string', description: 'what went wrong, in one line' },
+    instance: { type: 'string', description: 'the request path' },
+    code: { type: 'string', description: 'stable, for scripts (docs/exit-codes.md)' },
+    hint: { type: 'string', description: 'what to do about it' },
+    requestId: { type: 'string', description: 'the x-request-id of the request, for the broker log' },
   },
 } as const;
 

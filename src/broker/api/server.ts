@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasRole, requireRole } from '../../core/caller.ts';
 import { JitError, UsageError } from '../../core/errors.ts';
@@ -24,10 +25,34 @@ export const API_VERSION = 'v1';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-/** The one error body of the API: { error: { code, message, hint?, requestId } }. */
+/**
+ * The one error body of the API: RFC 9457 problem details (application/problem+json). `type` is
+ * `urn:jit:error:<code>`, `code` the same stable code for scripts (docs/exit-codes.md), `detail`
+ * the one-line message, `hint` what to do, `requestId` the x-request-id to find it in the log.
+ */
 function sendError(request: FastifyRequest, reply: FastifyReply, status: number, error: { code: string; message: string; hint?: string }) {
-  return reply.status(status).send({ error: { ...error, requestId: request.id } });
+  return reply
+    .status(status)
+    .header('content-type', 'application/problem+json; charset=utf-8')
+    .send({
+      type: `urn:jit:error:${error.code}`,
+      title: STATUS_CODES[status] ?? 'Error',
+      status,
+      detail: error.message,
+      instance: (request.raw.url ?? request.url).split('?')[0],
+      code: error.code,
+      ...(error.hint ? { hint: error.hint } : {}),
+      requestId: request.id,
+    });
 }
+
+/** Fastify's own client errors, with jit's codes and hints. */
+const FRAMEWORK_ERRORS: Record<string, { code: string; hint: string }> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'body_too_large', hint: 'request bodies are at most 64 KiB' },
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: 'unsupported_media_type', hint: 'send JSON with content-type: application/json' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_request', hint: 'send a JSON body, or no content-type header' },
+  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_request', hint: 'the body is not valid JSON' },
+};
 
 function bearer(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
@@ -78,7 +103,7 @@ export function buildApi(options: {
     reply.header('x-request-id', request.id);
   });
 
-  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, request, reply) => {
+  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number; code?: string }, request, reply) => {
     if (error instanceof RateLimitedError) reply.header('retry-after', String(error.retryAfterSeconds));
     if (error instanceof JitError) return sendError(request, reply, error.httpStatus, error.toJSON());
     if (error.validation) {
@@ -89,7 +114,12 @@ export function buildApi(options: {
       });
     }
     if (error.statusCode && error.statusCode < 500) {
-      return sendError(request, reply, error.statusCode, { code: 'invalid_request', message: error.message });
+      const known = FRAMEWORK_ERRORS[error.code ?? ''];
+      return sendError(request, reply, error.statusCode, {
+        code: known?.code ?? 'invalid_request',
+        message: error.message,
+        ...(known ? { hint: known.hint } : {}),
+      });
     }
     process.stderr.write(`jit broker: unexpected error in request ${request.id}: ${error.stack ?? error.message}\n`);
     return sendError(request, reply, 500, { code: 'internal', message: 'the broker hit an unexpected error', hint: 'see the broker log' });
