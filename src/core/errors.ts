@@ -65,10 +65,20 @@ export class ForbiddenError extends JitError {
   }
 }
 
-/** A request still waits for approval: `--no-wait`, or the wait ran out (docs/exit-codes.md). */
+/**
+ * A request still waits for approval: `--no-wait`, or the wait ran out (docs/exit-codes.md). Its
+ * JSON form carries the grant id, so a script can pick the grant up later (`jit run --grant`).
+ */
 export class PendingError extends JitError {
-  constructor(message: string, options?: ErrorOptions) {
+  readonly grantId: string | undefined;
+
+  constructor(message: string, options?: ErrorOptions & { grantId?: string }) {
     super(message, ExitCode.pending, 409, 'approval_pending', options);
+    this.grantId = options?.grantId;
+  }
+
+  override toJSON(): { code: string; message: string; hint?: string; grantId?: string } {
+    return { ...super.toJSON(), ...(this.grantId ? { grantId: this.grantId } : {}) };
   }
 }
 

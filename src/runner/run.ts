@@ -67,6 +67,7 @@ export async function runUnderGrant(ctx: Context, options: RunOptions): Promise<
           ctx.config.putGrant({ ...entry, pid: null, wrapper: null });
           throw new PendingError(`grant ${grant.id} is waiting for approval by ${describeApproval(grant)}`, {
             hint: `once approved, run the job with \`jit run --grant ${grant.id} -- ${describeCommand(options.command)}\``,
+            grantId: grant.id,
           });
         }
         try {

@@ -39,6 +39,7 @@ export async function waitForApproval(ctx: Context, grant: GrantView, options: W
         throw new PendingError(`no approval for grant ${grant.id} within the wait timeout`, {
           code: 'approval_wait_timeout',
           hint: `ask ${who} to review it (\`jit approve ${grant.id}\`)`,
+          grantId: grant.id,
         });
       }
       await sleep(Math.min(options.intervalMs, Math.max(0, deadline - Date.now())), options.signal);
@@ -71,6 +72,7 @@ export function endedError(grant: GrantView): Error {
     return new PendingError(`grant ${grant.id} timed out waiting for approval`, {
       code: 'approval_timed_out',
       hint: 'request it again, and ask its approvers to review it sooner',
+      grantId: grant.id,
     });
   }
   return new ConflictError(`grant ${grant.id} is ${grant.state}${grant.endReason ? ` (${grant.endReason})` : ''}`, {
