@@ -166,6 +166,9 @@ describe('approvals from the command line', () => {
     const id = await requestAhead(places, 'eval of run 7');
     await assertWaiting(places, id, null);
     assert.equal((await localGrants(places.env))[id]?.command, '(jit request)');
+    const early = await jit(['renew', id], { env: places.env });
+    assert.equal(early.code, 8);
+    assert.match(early.stderr, new RegExp(`^jit: error: grant ${id} is pending; it can be renewed once approved\\n$`));
 
     const listed = await jit(['approvals'], { env: places.approver });
     assert.equal(listed.code, 0, listed.stderr);
