@@ -41,7 +41,7 @@ function revision(): string {
 /** The line every section starts with: when, what, on what. */
 export function machineLine(): string {
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  return `Measured ${new Date().toISOString()} at ${revision()} on ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}.`;
+  return `Measured ${new Date().toISOString()} at ${revision()} on ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, load average ${os.loadavg()[0]?.toFixed(1)} (1 min; the machine is shared).`;
 }
 
 /** Replaces the section `name` of docs/benchmarks.md (between its markers), or appends it. */
