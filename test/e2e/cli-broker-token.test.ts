@@ -24,8 +24,8 @@ describe('jit broker token', () => {
     assert.match(token, /^jit_[A-Za-z0-9_-]{43}$/);
     assert.match(result.stdout, /^Created token tok_[0-9a-f]{20} for user:bob \(requester, approver\)$/m);
     assert.ok(!result.stderr.includes(token), 'the token never goes to stderr');
-    const me = await api<{ subject: string; roles: string[] }>(broker, token, 'GET', 'whoami');
-    assert.deepEqual(me.body, { subject: 'user:bob', roles: ['requester', 'approver'], tokenId: (me.body as { tokenId: string }).tokenId });
+    const me = await api<{ subject: string; roles: string[]; tokenId: string }>(broker, token, 'GET', 'whoami');
+    assert.deepEqual(me.body, { subject: 'user:bob', roles: ['requester', 'approver'], tokenId: me.body.tokenId });
     assert.equal((await api(broker, token, 'GET', 'tokens')).status, 403, 'no admin role');
   });
 
