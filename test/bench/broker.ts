@@ -119,7 +119,8 @@ const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
 const verdicts = results.map(({ engine, shares }) => {
   const share = stats(shares).median;
   const range = `${percent(Math.min(...shares))}–${percent(Math.max(...shares))}`;
-  return `- ${engine.name}: ${percent(share)} of its ceiling (${share >= 0.5 ? 'met' : '**not met**'}; rounds ranged ${range}).`;
+  const unsettled = Math.min(...shares) < 0.5 && Math.max(...shares) >= 0.5 ? ', on both sides of 50%: this run does not settle it' : '';
+  return `- ${engine.name}: ${percent(share)} of its ceiling (${share >= 0.5 ? 'met' : '**not met**'}; rounds ranged ${range}${unsettled}).`;
 });
 const issuing = `## Issuing grants (\`npm run bench:broker\`)
 
