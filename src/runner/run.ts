@@ -76,6 +76,7 @@ export async function runUnderGrant(ctx: Context, options: RunOptions): Promise<
             intervalMs: APPROVAL_POLL_MS,
             timeoutMs: options.waitTimeoutMs,
             signal: signals.abortSignal,
+            timeoutHint: `the request is cancelled; ask ${describeApproval(grant)} to review sooner, or request ahead with \`jit request --wait\`, which keeps it pending`,
           });
           grant = { ...grant, ...view };
         } catch (error) {

@@ -11,6 +11,8 @@ export type WaitOptions = {
   timeoutMs: number | undefined;
   /** Stops the wait (a signal while `jit run` waits). */
   signal?: AbortSignal;
+  /** What the user can do when `timeoutMs` runs out: it depends on whether the request is kept (jit request) or cancelled (jit run). */
+  timeoutHint: string;
 };
 
 /**
@@ -38,7 +40,7 @@ export async function waitForApproval(ctx: Context, grant: GrantView, options: W
       if (Date.now() >= deadline) {
         throw new PendingError(`no approval for grant ${grant.id} within the wait timeout`, {
           code: 'approval_wait_timeout',
-          hint: `ask ${who} to review it (\`jit approve ${grant.id}\`)`,
+          hint: options.timeoutHint,
           grantId: grant.id,
         });
       }

@@ -63,8 +63,10 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
  */
 export async function assertHeld({ broker, env, keychain }: Places, grantId: string, jitPid: number | undefined): Promise<string> {
   assert.equal((await brokerGrant(broker, grantId)).state, 'active');
-  const credential = await keychain.get(accounts.grant(grantId));
-  assert.ok(credential, `keychain entry ${accounts.grant(grantId)} exists while the job runs`);
+  const stored = await keychain.get(accounts.grant(grantId));
+  assert.ok(stored, `keychain entry ${accounts.grant(grantId)} exists while the job runs`);
+  // The entry is { credential, env } as JSON (src/runner/held.ts).
+  const { credential } = JSON.parse(stored) as { credential: string };
   assert.equal((await readGranted(broker.url, credential, GRANTED_FILE)).status, 200, 'the keychain holds the live credential');
   const local = (await localGrants(env))[grantId];
   assert.ok(local, 'the local index lists the grant while the job runs');

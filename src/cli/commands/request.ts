@@ -54,7 +54,12 @@ export const request: CommandDefinition = {
     let grant: GrantView = view;
     if (grant.state === 'pending' && options.wait) {
       try {
-        grant = await waitForApproval(ctx, grant, { poll: () => client.getGrant(issued.id), intervalMs: 2_000, timeoutMs: waitTimeoutMs });
+        grant = await waitForApproval(ctx, grant, {
+          poll: () => client.getGrant(issued.id),
+          intervalMs: 2_000,
+          timeoutMs: waitTimeoutMs,
+          timeoutHint: `it stays pending: ask ${describeApproval(grant)} to review it (\`jit approve ${grant.id}\`), then \`jit run --grant ${grant.id} -- COMMAND\``,
+        });
       } catch (error) {
         // Denied or timed out on the broker: nothing left to hold. Our own wait running out leaves it pending.
         if (!(error instanceof PendingError && error.code === 'approval_wait_timeout'))
