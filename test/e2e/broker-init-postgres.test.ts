@@ -35,7 +35,8 @@ describe('jit broker init --postgres-url-env', () => {
     try {
       const [, url] = await broker.readUntil('stdout', /listening on (\S+)\n/);
       const whoami = await fetch(`${url}/v1/whoami`, { headers: { authorization: `Bearer ${token}` } });
-      assert.deepEqual(await whoami.json(), { subject: 'user:admin' });
+      const me = (await whoami.json()) as { subject: string; roles: string[]; tokenId: string };
+      assert.deepEqual(me, { subject: 'user:admin', roles: ['admin'], tokenId: me.tokenId }, 'init mints an admin token');
     } finally {
       broker.kill('SIGTERM');
       await broker.done;

@@ -67,7 +67,8 @@ describe('jit broker start', () => {
       const broker = new JitProcess(['broker', 'start', '--dir', dir, '--port', '0'], { env });
       const [, url] = await broker.readUntil('stdout', /jit broker listening on (http:\/\/127\.0\.0\.1:\d+)\n/);
       const whoami = await fetch(`${url}/v1/whoami`, { headers: { authorization: `Bearer ${token}` } });
-      assert.deepEqual(await whoami.json(), { subject: 'user:admin' });
+      const me = (await whoami.json()) as { subject: string; roles: string[]; tokenId: string };
+      assert.deepEqual(me, { subject: 'user:admin', roles: ['admin'], tokenId: me.tokenId }, 'init mints an admin token');
       broker.kill(signal);
       const finished = await broker.done;
       assert.equal(finished.code, 0, `exit after ${signal}: ${finished.stderr}`);

@@ -482,7 +482,7 @@ export class GrantService {
 
   async #any(id: string): Promise<GrantRecord> {
     const grant = await this.#store.getGrant(id);
-    if (!grant) throw new NotFoundError(`no grant ${id}`, { hint: 'list every grant with GET /v1/grants?all=true' });
+    if (!grant) throw new NotFoundError(`no grant ${id}`, { hint: 'list your grants with `jit grants`' });
     return grant;
   }
 

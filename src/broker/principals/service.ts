@@ -40,7 +40,7 @@ export class PrincipalService {
 
   async authenticate(token: string | undefined): Promise<Caller> {
     const principal = token ? await this.#store.findPrincipalByTokenHash(hashSecret(token)) : undefined;
-    if (!principal) throw new AuthError(token ? 'the API token is not valid (unknown or revoked)' : 'no API token was sent');
+    if (!principal) throw new AuthError(token ? 'the API token is not valid' : 'no API token was sent');
     return { subject: principal.subject, roles: principal.roles, tokenId: principal.tokenId };
   }
 
