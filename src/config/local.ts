@@ -35,6 +35,8 @@ export type LocalGrant = {
   createdAt: string;
   /** null while pending. */
   expiresAt: string | null;
+  /** When a pending request times out on the broker (absent in entries from before approvals). */
+  approvalDeadline?: string | null;
   state: LocalGrantState;
 };
 

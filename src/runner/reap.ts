@@ -4,9 +4,15 @@ import type { LocalGrant } from '../config/local.ts';
 
 const REAP_TIMEOUT_MS = 2_000;
 
-/** An unheld grant (jit request) a minute past its expiry: the broker has ended it; forget it here. */
-const outlived = (grant: LocalGrant) =>
-  grant.wrapper === null && grant.expiresAt !== null && Date.parse(grant.expiresAt) < Date.now() - 60_000;
+/**
+ * An unheld grant (jit request, jit run --no-wait) a minute past its expiry, or still pending
+ * here a minute past its approval deadline: the broker has ended it; forget it here.
+ */
+function outlived(grant: LocalGrant): boolean {
+  if (grant.wrapper !== null) return false;
+  const end = grant.state === 'pending' ? grant.approvalDeadline : grant.expiresAt;
+  return typeof end === 'string' && Date.parse(end) < Date.now() - 60_000;
+}
 
 /**
  * Finishes what earlier `jit run`s could not: grants left `revoke-pending` (the broker was down
@@ -22,6 +28,7 @@ export async function reapLeftovers(ctx: Context): Promise<void> {
     const client = await ctx.clientForGrant(grant, { timeoutMs: REAP_TIMEOUT_MS, retries: 0 });
     const outcome = await releaseOrDefer(grant.id, { client, config: ctx.config, secrets });
     if ('error' in outcome) ctx.out.info(`grant ${grant.id} is still revoke-pending: ${outcome.error.message}`);
-    else ctx.out.info(`cleaned up grant ${grant.id} left by an earlier jit run (pid ${grant.pid ?? 'none'}): now ${outcome.receipt.state}`);
+    else if (grant.wrapper === null) ctx.out.info(`forgot grant ${grant.id} (${grant.command}), which has ended: ${outcome.receipt.state}`);
+    else ctx.out.info(`cleaned up grant ${grant.id} left by an earlier jit run (pid ${grant.pid}): now ${outcome.receipt.state}`);
   }
 }

@@ -127,6 +127,7 @@ async function requestFor(ctx: Context, secrets: SecretStore, options: RunOption
     command: describeCommand(options.command),
     createdAt: issued.createdAt,
     expiresAt: issued.expiresAt,
+    approvalDeadline: issued.approval?.deadline ?? null,
     state: issued.state === 'pending' ? 'pending' : 'active',
   };
   ctx.config.putGrant(entry);

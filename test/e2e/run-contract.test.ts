@@ -73,7 +73,7 @@ test('-v tells on stderr which grant was issued and revoked; stdout stays the jo
   const { id } = await onlyGrant(places.broker);
   const said = lines(result.stderr);
   assert.equal(said.length, 2, result.stderr);
-  assert.match(said[0] ?? '', new RegExp(`^jit: grant ${id} issued for datasets/train, expires \\S+$`));
+  assert.match(said[0] ?? '', new RegExp(`^jit: grant ${id} active for datasets/train, expires \\S+$`));
   assert.match(said[1] ?? '', new RegExp(`^jit: grant ${id} revoked$`));
   await assertReleased(places, id);
 });

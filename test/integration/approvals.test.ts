@@ -80,6 +80,9 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.equal(first.status, 200);
       assert.equal(first.body.state, 'pending');
       assert.deepEqual(first.body.approval?.requirements[0]?.approvedBy, ['user:pat']);
+      const waiting = async (who: string) => (await as<{ grants: GrantView[] }>(who, 'GET', 'approvals')).body.grants.map((g) => g.id);
+      assert.ok(!(await waiting('pat')).includes(body.id), 'no longer waiting for pat, who approved it');
+      assert.ok((await waiting('quinn')).includes(body.id), 'still waiting for the others');
       const again = await as('pat', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(again.status, 409);
       assert.equal(again.body.code, 'already_reviewed');

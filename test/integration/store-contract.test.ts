@@ -357,7 +357,10 @@ for (const engine of [sqlite, postgres]) {
       assert.equal(await store.addApproval(verdict), true);
       assert.equal(await store.addApproval({ ...verdict, verdict: 'deny', reason: 'changed my mind', at: T0 + 2 }), false);
       assert.equal(await store.addApproval({ ...verdict, approver: 'user:dan', reason: 'ok for run 7', at: T0 + 3 }), true);
-      assert.deepEqual(await store.listApprovals(pending.id), [verdict, { ...verdict, approver: 'user:dan', reason: 'ok for run 7', at: T0 + 3 }]);
+      assert.deepEqual(await store.listApprovals(pending.id), [
+        verdict,
+        { ...verdict, approver: 'user:dan', reason: 'ok for run 7', at: T0 + 3 },
+      ]);
       assert.deepEqual(await store.listApprovals('g_other'), []);
     });
 
@@ -377,7 +380,11 @@ for (const engine of [sqlite, postgres]) {
       const notYet = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10_000, heartbeatDeadline: NO_HEARTBEAT });
       const abandoned = grant({ state: 'pending', activatedAt: null, approvalDeadline: T0 + 10_000, heartbeatDeadline: T0 + 15 });
       for (const record of [...due, notYet, abandoned]) await store.insertGrant(record);
-      const batches = await Promise.all([store.timeOutPending(T0 + 20, 3), store.timeOutPending(T0 + 20, 3), store.timeOutPending(T0 + 20, 3)]);
+      const batches = await Promise.all([
+        store.timeOutPending(T0 + 20, 3),
+        store.timeOutPending(T0 + 20, 3),
+        store.timeOutPending(T0 + 20, 3),
+      ]);
       const rest = await store.timeOutPending(T0 + 20, 3);
       const ended = [...batches.flat(), ...rest].map((record) => record.id).sort();
       assert.deepEqual(ended, [...due, abandoned].map((record) => record.id).sort());

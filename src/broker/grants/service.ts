@@ -121,6 +121,10 @@ export class GrantService {
     const grant = await find();
     const now = this.#clock.now();
     await this.#expireIfDue(grant, now);
+    if (grant.state === 'pending' && (grant.approvalDeadline ?? 0) <= now) {
+      const ended = await this.#timeOut(grant, now);
+      return { id, state: ended.state, revokedAt: ended.endedAt === null ? null : iso(ended.endedAt), alreadyEnded: true, actions: [] };
+    }
     if (grant.state === 'pending') return this.#cancel(subject, grant, now, options);
     const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
     if (!ended) {
@@ -148,7 +152,7 @@ export class GrantService {
     return { id: grant.id, state: 'cancelled', revokedAt: iso(now), alreadyEnded: false, actions: ['request withdrawn'] };
   }
 
-  /** Pending requests `reviewer` may approve or deny, oldest first. */
+  /** Pending requests `reviewer` may approve or deny and has not reviewed yet, oldest first. */
   async reviewable(reviewer: string): Promise<GrantView[]> {
     const pending = await this.#store.listGrants({ states: ['pending'] });
     const now = this.#clock.now();
@@ -156,7 +160,8 @@ export class GrantService {
       (grant) =>
         (grant.approvalDeadline ?? 0) > now && mayReview(requirementsOf(parseDecision(grant)), reviewer, grant.subject, this.#config),
     );
-    return Promise.all(mine.reverse().map((grant) => this.#view(grant)));
+    const views = await Promise.all(mine.reverse().map((grant) => this.#view(grant)));
+    return views.filter((view) => !view.approval?.requirements.some((requirement) => requirement.approvedBy.includes(reviewer)));
   }
 
   /**
@@ -195,7 +200,7 @@ export class GrantService {
     if (await this.#store.addApproval({ grantId: grant.id, ...verdict })) return;
     throw new ConflictError(`${verdict.approver} has already reviewed grant ${grant.id}`, {
       code: 'already_reviewed',
-      hint: 'each approver reviews a request once; `jit approve` with no id lists what still waits for you',
+      hint: 'each approver reviews a request once; `jit approvals` lists what still waits for you',
     });
   }
 
@@ -206,7 +211,8 @@ export class GrantService {
    */
   async #forReview(reviewer: string, id: string, verb: 'approve' | 'deny'): Promise<{ grant: GrantRecord; requirements: Requirement[] }> {
     const grant = await this.#store.getGrant(id);
-    if (!grant) throw new NotFoundError(`no grant ${id}`, { hint: '`jit approve` with no id lists the requests waiting for you' });
+    if (!grant)
+      throw new NotFoundError(`no grant ${id}`, { hint: '`jit approvals` (GET /v1/approvals) lists the requests waiting for you' });
     const requirements = requirementsOf(parseDecision(grant));
     if (grant.subject === reviewer) {
       throw new ForbiddenError(`you cannot ${verb} your own request ${id}`, {
@@ -274,7 +280,7 @@ export class GrantService {
           : `grant ${id} already runs to ${iso(current.expiresAt)}, later than that renewal would`,
         {
           code: capped ? 'renewal_capped' : 'renewal_not_later',
-          hint: capped ? 'request a new grant to go on after it ends' : 'ask for a longer --ttl',
+          hint: capped ? 'request a new grant to go on after it ends' : 'ask for a longer TTL (ttlSeconds, jit renew --ttl)',
         },
       );
     }

@@ -1,4 +1,4 @@
-import { describeApproval } from '../../core/approval.ts';
+import { describeMissingApprovals } from '../../core/approval.ts';
 import type { CommandDefinition } from '../command.ts';
 import { approvalProgress, grantToReview } from '../review.ts';
 
@@ -17,7 +17,7 @@ export const approve: CommandDefinition = {
     const human =
       grant.state === 'active'
         ? `${id} approved: ${grant.subject} now has ${grant.scopes.join(', ')} until ${grant.expiresAt}`
-        : `${id} approved by you (${approvalProgress(grant)}); it still needs ${describeApproval(grant)}`;
+        : `${id} approved by you (${approvalProgress(grant)}); it still needs ${describeMissingApprovals(grant)}`;
     return { data: grant, human };
   },
 };

@@ -46,6 +46,7 @@ export const request: CommandDefinition = {
       command: '(jit request)',
       createdAt: issued.createdAt,
       expiresAt: issued.expiresAt,
+      approvalDeadline: issued.approval?.deadline ?? null,
       state: issued.state === 'pending' ? ('pending' as const) : ('active' as const),
     };
     ctx.config.putGrant(entry);
