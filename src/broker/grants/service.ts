@@ -2,7 +2,7 @@ import { createReadStream, type ReadStream } from 'node:fs';
 import { formatDuration } from '../../core/duration.ts';
 import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
-import { hashSecret, newId, newSecret } from '../../core/ids.ts';
+import { hashSecret, newSecret, newTimeOrderedId } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
 import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
@@ -52,10 +52,11 @@ export class GrantService {
     const { scopes, decision } = await this.#decide(subject, request);
     const now = this.#clock.now();
     const credential = newSecret('jitc');
-    const pending = requirementsOf(decision).length > 0;
+    const requirements = requirementsOf(decision);
+    const pending = requirements.length > 0;
     const approvalDeadline = pending ? now + this.#config.approvalTimeoutSeconds * 1000 : null;
     const record: GrantRecord = {
-      id: newId('g'),
+      id: newTimeOrderedId('g', now),
       subject,
       scopes: scopes.map(formatScope),
       reason: request.reason ?? null,
@@ -79,7 +80,16 @@ export class GrantService {
       grantId: record.id,
       detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
     });
-    return { ...(await this.#view(record)), credential, env: filesEnv(this.#publicUrl(), credential) };
+    // A new grant has no reviews yet: its view needs no store read.
+    const approval =
+      approvalDeadline === null
+        ? null
+        : {
+            deadline: iso(approvalDeadline),
+            requirements: requirements.map((requirement) => ({ ...requirement, approvedBy: [] })),
+            deniedBy: null,
+          };
+    return { ...this.view(record, approval), credential, env: filesEnv(this.#publicUrl(), credential) };
   }
 
   async get(subject: string, id: string): Promise<GrantView> {

@@ -42,7 +42,7 @@ export class SqliteStore implements BrokerStore {
 
   /** Brings the file to the current schema in one transaction; IMMEDIATE so two openers queue. */
   #migrate(file: string): void {
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#statement('BEGIN IMMEDIATE').run();
     try {
       this.#db.exec(MIGRATIONS_TABLE);
       const applied = this.#db
@@ -55,9 +55,9 @@ export class SqliteStore implements BrokerStore {
           .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
           .run(migration.version, migration.name, Date.now());
       }
-      this.#db.exec('COMMIT');
+      this.#statement('COMMIT').run();
     } catch (error) {
-      this.#db.exec('ROLLBACK');
+      this.#statement('ROLLBACK').run();
       this.#db.close();
       throw error;
     }
@@ -95,13 +95,13 @@ export class SqliteStore implements BrokerStore {
 
   /** Runs `work` in one IMMEDIATE transaction: all of it commits, or none. */
   #transaction<T>(work: () => T): T {
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#statement('BEGIN IMMEDIATE').run();
     try {
       const result = work();
-      this.#db.exec('COMMIT');
+      this.#statement('COMMIT').run();
       return result;
     } catch (error) {
-      this.#db.exec('ROLLBACK');
+      this.#statement('ROLLBACK').run();
       throw error;
     }
   }
@@ -112,13 +112,13 @@ export class SqliteStore implements BrokerStore {
       insert.run(...grantValues(grant));
       return;
     }
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#statement('BEGIN IMMEDIATE').run();
     try {
       insert.run(...grantValues(grant));
       this.#insertEvent(event);
-      this.#db.exec('COMMIT');
+      this.#statement('COMMIT').run();
     } catch (error) {
-      this.#db.exec('ROLLBACK');
+      this.#statement('ROLLBACK').run();
       throw error;
     }
   }
@@ -235,12 +235,12 @@ export class SqliteStore implements BrokerStore {
 
   async appendEvents(events: readonly AuditEvent[]): Promise<void> {
     if (events.length === 0) return;
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#statement('BEGIN IMMEDIATE').run();
     try {
       for (const event of events) this.#insertEvent(event);
-      this.#db.exec('COMMIT');
+      this.#statement('COMMIT').run();
     } catch (error) {
-      this.#db.exec('ROLLBACK');
+      this.#statement('ROLLBACK').run();
       throw error;
     }
   }
