@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
@@ -41,6 +42,11 @@ export type BrokerConfig = {
   /** Absolute directory of the config file; relative paths in it resolve from here. */
   dir: string;
   publicUrl: string | undefined;
+  /**
+   * Load balancers whose X-Forwarded-For the broker believes, so the client address (failed-auth
+   * limit, audit) is the caller's, not the balancer's. Empty: the socket's peer address.
+   */
+  trustedProxies: string[];
   heartbeatTimeoutSeconds: number;
   sweepIntervalSeconds: number;
   /** How long a request that needs approval stays pending before it times out. */
@@ -89,6 +95,14 @@ const schema = z
   .strictObject({
     version: z.literal(1),
     publicUrl: z.url().transform(canonicalUrl).optional(),
+    trustedProxies: z
+      .array(
+        z
+          .string()
+          .regex(/^[0-9A-Fa-f.:]+(\/\d{1,3})?$/, 'a trusted proxy is an IP address or CIDR range, e.g. 10.0.0.0/8')
+          .refine((text) => isIP(text.split('/')[0] ?? '') !== 0, 'a trusted proxy is an IP address or CIDR range, e.g. 10.0.0.0/8'),
+      )
+      .default([]),
     grants: z
       .strictObject({
         heartbeatTimeout: duration.default(30),
@@ -270,6 +284,7 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
   return {
     dir,
     publicUrl: config.publicUrl,
+    trustedProxies: config.trustedProxies,
     heartbeatTimeoutSeconds: config.grants.heartbeatTimeout,
     sweepIntervalSeconds: config.grants.sweepInterval,
     approvalTimeoutSeconds: config.grants.approvalTimeout,

@@ -44,6 +44,8 @@ export async function startTestBroker(
     clock?: Clock;
     /** Replaces broker.yaml's whole `policy:` section (YAML starting with `policy:`). */
     policy?: string;
+    /** broker.yaml trustedProxies. */
+    trustedProxies?: string[];
     approvalTimeout?: string;
   } = {},
 ): Promise<TestBroker> {
@@ -60,6 +62,10 @@ export async function startTestBroker(
     if (options.policy !== undefined) yaml = `${yaml.slice(0, yaml.indexOf('\npolicy:'))}\n${options.policy}`;
     if (options.approvalTimeout !== undefined) yaml = yaml.replace(/approvalTimeout: \S+/, `approvalTimeout: ${options.approvalTimeout}`);
     await writeFile(configFile, yaml);
+  }
+  if (options.trustedProxies) {
+    const configFile = path.join(dir, 'broker.yaml');
+    await writeFile(configFile, `${await readFile(configFile, 'utf8')}\ntrustedProxies: ${JSON.stringify(options.trustedProxies)}\n`);
   }
   if (options.heartbeatTimeout) {
     const configFile = path.join(dir, 'broker.yaml');

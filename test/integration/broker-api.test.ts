@@ -261,4 +261,31 @@ describe('failed authentication', () => {
       'the data plane shares the budget',
     );
   });
+
+  it("does not count a known grant's credential refused because the grant ended: its holder retrying is no guess", async () => {
+    const other = await startTestBroker();
+    try {
+      const issued = (await api<IssuedGrant>(other, other.token, 'POST', 'grants', { scopes: ['datasets/train'] })).body;
+      await api(other, other.token, 'DELETE', `grants/${issued.id}`);
+      for (let attempt = 0; attempt < 30; attempt++) {
+        assert.equal((await readGranted(other.url, issued.credential, 'datasets/train/shard-0000.jsonl')).status, 401);
+      }
+      assert.equal((await api(other, other.token, 'GET', 'whoami')).status, 200, 'the address is not locked out');
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it('counts failures per client behind a trusted proxy (X-Forwarded-For), not per proxy', async () => {
+    const proxied = await startTestBroker({ trustedProxies: ['127.0.0.1'] });
+    try {
+      const from = (client: string, token: string) =>
+        fetch(`${proxied.url}/v1/whoami`, { headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': client } });
+      for (let attempt = 0; attempt < 20; attempt++) assert.equal((await from('203.0.113.7', 'jit_guess')).status, 401);
+      assert.equal((await from('203.0.113.7', 'jit_guess')).status, 429, 'the guessing client is limited');
+      assert.equal((await from('198.51.100.2', proxied.token)).status, 200, 'another client through the same proxy is not');
+    } finally {
+      await proxied.cleanup();
+    }
+  });
 });

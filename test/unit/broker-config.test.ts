@@ -53,6 +53,16 @@ describe('broker.yaml', () => {
       initialConfigYaml('user:admin').replace('"datasets/**"', '"datasets/../secrets"'),
       /broker\.yaml:\d+: policy\.rules\.0\.scopes\.0: path segments "\." and "\.\." are not allowed/,
     ],
+    [
+      'a trusted proxy that is no address',
+      `${initialConfigYaml('user:admin')}trustedProxies: ["lb.internal"]\n`,
+      /broker\.yaml:\d+: trustedProxies\.0: a trusted proxy is an IP address or CIDR range/,
+    ],
+    [
+      'an approval timeout without a unit',
+      initialConfigYaml('user:admin').replace('approvalTimeout: 1h', 'approvalTimeout: 60'),
+      /broker\.yaml:\d+: grants\.approvalTimeout: a duration needs a unit/,
+    ],
     ['a YAML syntax error', 'version: 1\nresources: [oops\n', /broker\.yaml:\d+: /],
   ];
   for (const [what, text, expected] of broken) {

@@ -75,6 +75,8 @@ export function buildApi(options: {
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     bodyLimit: 64 * 1024,
+    // Behind load balancers (several replicas), request.ip is the client's only if they are trusted.
+    ...(config.trustedProxies.length > 0 ? { trustProxy: config.trustedProxies } : {}),
     // Longer than clients and load balancers keep idle connections, so the broker is never the
     // side that closes a connection a client is about to reuse.
     keepAliveTimeout: 65_000,
@@ -139,7 +141,10 @@ export function buildApi(options: {
     try {
       return await authenticate();
     } catch (error) {
-      if (error instanceof JitError && error.httpStatus === 401) limiter.recordFailure(request.ip);
+      // Only an unknown token or credential counts as a guess. A known grant's credential refused
+      // because the grant ended (or awaits approval) is its holder retrying, not someone guessing:
+      // counting it would lock a busy address (a CI runner, a load balancer) out of the broker.
+      if (error instanceof JitError && error.httpStatus === 401 && error.code === 'unauthenticated') limiter.recordFailure(request.ip);
       throw error;
     }
   };
