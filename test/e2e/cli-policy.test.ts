@@ -211,5 +211,7 @@ describe('a request whose rule needs approval', () => {
     assert.match(result.stderr, new RegExp(`jit run --grant ${id} -- `));
     const held = (await brokerGrants(broker)).find((grant) => grant.id === id);
     assert.equal(held?.state, 'pending', 'it stays pending for a later `jit run --grant`');
+    const local = (await localGrants(env))[id];
+    assert.deepEqual([local?.state, local?.pid, local?.wrapper], ['pending', null, null], 'held here by no process');
   });
 });
