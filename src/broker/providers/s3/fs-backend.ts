@@ -20,7 +20,8 @@ import {
  * filesystem, so a rename publishes an object whole), which no key can name:
  *   tmp/<random>             bodies being received, joined multipart objects; removed when a day old
  *   uploads/<uploadId>/      a multipart upload: `key`, parts `<n>` and their `<n>.etag` sidecars
- *   etags/<sha256 of path>   the MD5 ETag of an object written here (see etagOf)
+ *   etags/<sha256 of directory>/<name>   the MD5 ETag of an object written here (see etagOf); one
+ *                            directory per object directory, so a listing reads it once
  *
  * Refusals, chosen as S3 would answer them:
  *   - a key no directory can hold safely (empty, "." or ".." or empty segments, a leading "/",
@@ -65,6 +66,8 @@ type Walk = {
   after: Buffer | undefined;
   lastPrefix: string | undefined;
 };
+/** Per listing: the names in each sidecar directory, read once. */
+type SidecarIndex = Map<string, Promise<Set<string>>>;
 type ParentLookup = { kind: 'directory'; dir: string } | { kind: 'missing' } | { kind: 'object'; key: string };
 
 export class FsBackend implements ObjectBackend {
@@ -106,8 +109,9 @@ export class FsBackend implements ObjectBackend {
       }
       items.push(item);
     }
+    const sidecars: SidecarIndex = new Map();
     const described = await Promise.all(
-      items.map(async (item) => (item.commonPrefix ? undefined : this.describe(root, item.key, item.absolute))),
+      items.map(async (item) => (item.commonPrefix ? undefined : this.describe(root, item.key, item.absolute, sidecars))),
     );
     const contents = described.filter((info): info is ObjectInfo => info !== undefined);
     const commonPrefixes = items.filter((item) => item.commonPrefix).map((item) => item.key);
@@ -176,7 +180,9 @@ export class FsBackend implements ObjectBackend {
     const stats = await lstat(target).catch(ignoreMissing);
     if (!stats || stats.isDirectory()) return;
     await unlink(target).catch(ignoreMissing);
-    await rm(await this.sidecarPath(root, relativeInside(root, target) ?? ''), { force: true });
+    const sidecar = sidecarLocation(root, relativeInside(root, target) ?? '');
+    await rm(sidecar.file, { force: true });
+    await rmdir(sidecar.dir).catch(() => undefined);
     await removeEmptyParents(root, parent.dir);
   }
 
@@ -288,7 +294,7 @@ export class FsBackend implements ObjectBackend {
     return this.rootReal;
   }
 
-  private async staging(root: string, area: 'tmp' | 'uploads' | 'etags'): Promise<string> {
+  private async staging(root: string, area: 'tmp' | 'uploads'): Promise<string> {
     const dir = path.join(root, STAGING_DIR, area);
     await mkdir(dir, { recursive: true });
     return dir;
@@ -315,13 +321,13 @@ export class FsBackend implements ObjectBackend {
     return stats?.isFile() ? { root, real, stats } : undefined;
   }
 
-  private async describe(root: string, key: string, absolute: string): Promise<ObjectInfo | undefined> {
+  private async describe(root: string, key: string, absolute: string, sidecars: SidecarIndex): Promise<ObjectInfo | undefined> {
     const stats = await stat(absolute, { bigint: true }).catch(ignoreMissing);
-    return stats?.isFile() ? this.info(root, key, absolute, stats) : undefined;
+    return stats?.isFile() ? this.info(root, key, absolute, stats, sidecars) : undefined;
   }
 
-  private async info(root: string, key: string, real: string, stats: BigIntStats): Promise<ObjectInfo> {
-    return { key, size: Number(stats.size), etag: await this.etagOf(root, real, stats), lastModified: mtimeOf(stats) };
+  private async info(root: string, key: string, real: string, stats: BigIntStats, sidecars?: SidecarIndex): Promise<ObjectInfo> {
+    return { key, size: Number(stats.size), etag: await this.etagOf(root, real, stats, sidecars), lastModified: mtimeOf(stats) };
   }
 
   /**
@@ -329,16 +335,26 @@ export class FsBackend implements ObjectBackend {
    * part MD5s and "-N"), remembered in a sidecar while the file stays that file. For a file put in
    * the root by other means (an operator's dataset), "<size hex>-<mtime ns hex>": stable, changes
    * when the file does, costs no read of the file, and contains "-" so clients that know S3 do not
-   * mistake it for an MD5 of the content.
+   * mistake it for an MD5 of the content. A listing passes `sidecars`, so that it reads each
+   * sidecar directory once instead of trying to open a sidecar for every file.
    */
-  private async etagOf(root: string, real: string, stats: BigIntStats): Promise<string> {
+  private async etagOf(root: string, real: string, stats: BigIntStats, sidecars?: SidecarIndex): Promise<string> {
     const relative = relativeInside(root, real) ?? '';
-    const remembered = await readSidecar(await this.sidecarPath(root, relative), relative, stats);
+    const where = sidecarLocation(root, relative);
+    let known = true;
+    if (sidecars) {
+      let names = sidecars.get(where.dir);
+      if (!names) {
+        names = readdir(where.dir).then(
+          (list) => new Set(list),
+          () => new Set<string>(),
+        );
+        sidecars.set(where.dir, names);
+      }
+      known = (await names).has(where.name);
+    }
+    const remembered = known ? await readSidecar(where.file, relative, stats) : undefined;
     return remembered ?? quote(`${stats.size.toString(16)}-${stats.mtimeNs.toString(16)}`);
-  }
-
-  private async sidecarPath(root: string, relative: string): Promise<string> {
-    return path.join(root, STAGING_DIR, 'etags', createHash('sha256').update(relative).digest('hex'));
   }
 
   private async receive(body: Readable): Promise<{ temp: string; md5: Buffer; stats: BigIntStats }> {
@@ -381,8 +397,9 @@ export class FsBackend implements ObjectBackend {
       const existing = await lstat(target).catch(ignoreMissing);
       if (existing?.isDirectory()) throw directoryAtKey(key);
       const relative = relativeInside(root, target) ?? '';
-      await this.staging(root, 'etags');
-      await writeSidecar(await this.sidecarPath(root, relative), sidecarFor(relative, stats, etag), temp);
+      const sidecar = sidecarLocation(root, relative);
+      await mkdir(sidecar.dir, { recursive: true });
+      await writeSidecar(sidecar.file, sidecarFor(relative, stats, etag), temp);
       try {
         await rename(temp, target);
       } catch (error) {
@@ -525,7 +542,7 @@ async function entriesOf(root: string, dir: string, dirKey: string, namePrefix: 
     }
     if (!name.startsWith(namePrefix) || segmentProblem(name) !== undefined) continue;
     if (dir === root && isStaging([name])) continue;
-    let absolute = path.join(dir, name);
+    let absolute = `${dir}${path.sep}${name}`;
     let directory = dirent.isDirectory();
     if (dirent.isSymbolicLink()) {
       const real = await realpath(absolute).catch(ignoreMissing);
@@ -580,6 +597,21 @@ export function multipartEtag(partEtags: string[]): string {
   const hash = createHash('md5');
   for (const etag of partEtags) hash.update(Buffer.from(unquote(etag), 'hex'));
   return quote(`${hash.digest('hex')}-${partEtags.length}`);
+}
+
+/** Where the sidecar of the object at `relative` (root-relative, "/"-separated) lives. */
+function sidecarLocation(root: string, relative: string): { dir: string; file: string; name: string } {
+  const slash = relative.lastIndexOf('/');
+  const dir = path.join(
+    root,
+    STAGING_DIR,
+    'etags',
+    createHash('sha256')
+      .update(relative.slice(0, Math.max(slash, 0)))
+      .digest('hex'),
+  );
+  const name = relative.slice(slash + 1);
+  return { dir, file: path.join(dir, name), name };
 }
 
 function sidecarFor(relative: string, stats: BigIntStats, etag: string): Sidecar {
