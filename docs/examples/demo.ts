@@ -1,6 +1,7 @@
 // `npm run demo`: the whole loop on this machine, with nothing to set up. It creates an embedded
 // broker in a temporary directory with sample data and policy, starts it on a free loopback port,
-// runs docs/examples/finetune.py under `jit run --scope datasets/train`, shows the grant issued
+// runs docs/examples/finetune.py (boto3; finetune-sdk.ts with the AWS SDK for JavaScript when
+// boto3 is missing) under `jit run --scope datasets/train`, shows the grant issued
 // and then revoked, and cleans up. Every step runs the real bin/jit.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -54,6 +55,14 @@ function startBroker(dir: string, env: NodeJS.ProcessEnv): Promise<{ url: string
   });
 }
 
+function hasBoto3(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = spawn('python3', ['-c', 'import boto3'], { stdio: 'ignore' });
+    probe.on('error', () => resolve(false));
+    probe.on('exit', (code) => resolve(code === 0));
+  });
+}
+
 async function main(): Promise<number> {
   const workdir = await mkdtemp(path.join(tmpdir(), 'jit-demo-'));
   const brokerDir = path.join(workdir, 'broker');
@@ -75,24 +84,21 @@ async function main(): Promise<number> {
     say(`broker listening on ${started.url}; the admin's token goes to jit through JIT_TOKEN (a CI-style login)`);
     const jobEnv = { ...env, JIT_BROKER_URL: started.url, JIT_TOKEN: token };
 
-    say('jit run -v --scope datasets/train -- python3 docs/examples/finetune.py');
-    const job = await runJit(
-      [
-        'run',
-        '-v',
-        '--scope',
-        'datasets/train',
-        '--ttl',
-        '15m',
-        '--reason',
-        'demo fine-tune',
-        '--',
-        'python3',
-        path.join(root, 'docs/examples/finetune.py'),
-      ],
+    // The job reads its data with boto3 when python3 has it, else with the AWS SDK for JavaScript.
+    const job = (await hasBoto3())
+      ? ['python3', path.join(root, 'docs/examples/finetune.py')]
+      : [process.execPath, path.join(root, 'docs/examples/finetune-sdk.ts')];
+    if (job[0] !== 'python3') {
+      say('boto3 is not installed for python3 (apt install python3-boto3), so the job reads with the AWS SDK for JavaScript');
+    }
+    say(
+      `jit run -v --scope datasets/train -- ${job[0] === 'python3' ? 'python3 docs/examples/finetune.py' : 'node docs/examples/finetune-sdk.ts'}`,
+    );
+    const ran = await runJit(
+      ['run', '-v', '--scope', 'datasets/train', '--ttl', '15m', '--reason', 'demo fine-tune', '--', ...job],
       jobEnv,
     );
-    if (job.code !== 0) throw new Error(`the job exited with ${job.code}`);
+    if (ran.code !== 0) throw new Error(`the job exited with ${ran.code}`);
 
     const response = await fetch(`${started.url}/v1/grants`, { headers: { authorization: `Bearer ${token}` } });
     const { grants } = (await response.json()) as { grants: { id: string; state: string; endedAt: string }[] };

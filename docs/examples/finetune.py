@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""A stand-in fine-tuning job: plain python3, no packages beyond the standard library.
+"""A stand-in fine-tuning job that reads its data with boto3, as training code does.
 
-It knows nothing about jit. It reads its training data with the credential `jit run` put in its
-environment (JIT_FILES_URL, JIT_FILES_TOKEN), "trains" a tiny bigram language model on the
-training split, and shows that the evaluation split, outside its grant, stays closed.
+It knows nothing about jit. `jit run` puts S3 credentials for its grant in the environment
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION, plus
+JIT_S3_BUCKET and JIT_S3_PREFIX naming what was granted). The job lists and reads the training
+split, "trains" a tiny bigram language model on it, and shows that the evaluation split, outside
+its grant, stays closed.
 
     jit run --scope datasets/train -- python3 docs/examples/finetune.py
 """
@@ -11,18 +13,13 @@ import json
 import math
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections import Counter
 
-
-def fetch(path):
-    request = urllib.request.Request(
-        f"{os.environ['JIT_FILES_URL']}/{path}",
-        headers={"Authorization": f"Bearer {os.environ['JIT_FILES_TOKEN']}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.read()
+try:
+    import boto3
+    from botocore.exceptions import ClientError
+except ImportError:
+    sys.exit("finetune.py: boto3 is not installed (Debian: apt install python3-boto3; or pip install boto3)")
 
 
 def tokens(example):
@@ -30,17 +27,22 @@ def tokens(example):
 
 
 def main():
-    if "JIT_FILES_URL" not in os.environ:
+    if "AWS_SESSION_TOKEN" not in os.environ or "JIT_S3_BUCKET" not in os.environ:
         sys.exit("finetune.py: no data credential in the environment; run me under `jit run --scope datasets/train`")
     print(f"finetune: grant {os.environ.get('JIT_GRANT_ID')} valid until {os.environ.get('JIT_EXPIRES_AT')}")
+    bucket, prefix = os.environ["JIT_S3_BUCKET"], os.environ["JIT_S3_PREFIX"]
+    # Credentials and region come from the environment as usual; the endpoint is passed explicitly
+    # for botocore releases older than 1.31, which do not read AWS_ENDPOINT_URL themselves.
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 
-    listing = json.loads(fetch("datasets/train"))
-    shards = [entry["name"] for entry in listing["entries"] if entry["name"].endswith(".jsonl")]
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(".jsonl")]
     examples = []
-    for shard in shards:
-        lines = fetch(f"datasets/train/{shard}").decode().splitlines()
+    for key in keys:
+        lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
         examples += [json.loads(line) for line in lines if line.strip()]
-    print(f"finetune: read {len(examples)} examples from {len(shards)} shards of datasets/train")
+    print(f"finetune: read {len(examples)} examples from {len(keys)} shards of s3://{bucket}/{prefix} with boto3")
 
     unigrams, bigrams = Counter(), Counter()
     for example in examples:
@@ -58,11 +60,12 @@ def main():
     print(f"finetune: bigram model over {vocabulary} tokens, training perplexity {math.exp(-log_likelihood / count):.2f}")
 
     try:
-        fetch("datasets/eval/holdout.jsonl")
-    except urllib.error.HTTPError as error:
-        print(f"finetune: datasets/eval is outside this grant: HTTP {error.code}, as it should be")
+        s3.get_object(Bucket=bucket, Key="eval/holdout.jsonl")
+    except ClientError as error:
+        code = error.response["Error"]["Code"]
+        print(f"finetune: s3://{bucket}/eval/ is outside this grant: {code}, as it should be")
     else:
-        sys.exit("finetune: could read datasets/eval, which this grant does not cover")
+        sys.exit("finetune: could read the eval split, which this grant does not cover")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ export type RunOptions = {
   waitTimeoutMs: number | undefined;
 };
 
+/** The AWS variables that choose who the job is and where its calls go (see childEnvironment). */
+const AWS_IDENTITY =
+  /^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|SECURITY_TOKEN|PROFILE|DEFAULT_PROFILE|ROLE_ARN|ROLE_SESSION_NAME|WEB_IDENTITY_TOKEN_FILE|CONTAINER_CREDENTIALS_.*|ENDPOINT_URL.*|CREDENTIAL_EXPIRATION|S3_.*)$/;
+
 type ChildOutcome = { code: number | null; signal: NodeJS.Signals | null } | { spawnError: NodeJS.ErrnoException };
 
 /** A grant this `jit run` holds: what the API says of it, its credential, and how to reach its broker. */
@@ -181,7 +185,13 @@ function pollHeld(client: BrokerClient, grant: GrantView): () => Promise<GrantVi
 /** The child's environment: the parent's, minus every JIT_* of jit's own, plus the grant's. */
 export function childEnvironment(parentEnv: NodeJS.ProcessEnv, grant: GrantView & HeldCredential): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
-  for (const [name, value] of Object.entries(parentEnv)) if (!name.startsWith('JIT_')) env[name] = value;
+  // A grant with S3 keys replaces every AWS identity and endpoint the parent had: a profile or an
+  // endpoint override left in place would send the job's S3 calls somewhere else, as someone else.
+  const replacesAws = 'AWS_ACCESS_KEY_ID' in grant.env;
+  for (const [name, value] of Object.entries(parentEnv)) {
+    if (name.startsWith('JIT_') || (replacesAws && AWS_IDENTITY.test(name))) continue;
+    env[name] = value;
+  }
   return { ...env, ...grant.env, JIT_GRANT_ID: grant.id, JIT_EXPIRES_AT: grant.expiresAt ?? '' };
 }
 

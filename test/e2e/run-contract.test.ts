@@ -29,7 +29,18 @@ test('the job gets JIT_GRANT_ID, JIT_EXPIRES_AT and its data credentials, and no
   };
   const grant = await onlyGrant(broker);
   const jitVariables = Object.keys(report.env).filter((name) => name.startsWith('JIT_'));
-  assert.deepEqual(jitVariables.sort(), ['JIT_EXPIRES_AT', 'JIT_FILES_TOKEN', 'JIT_FILES_URL', 'JIT_GRANT_ID']);
+  assert.deepEqual(jitVariables.sort(), [
+    'JIT_EXPIRES_AT',
+    'JIT_FILES_TOKEN',
+    'JIT_FILES_URL',
+    'JIT_GRANT_ID',
+    'JIT_S3_BUCKET',
+    'JIT_S3_PREFIX',
+    'JIT_S3_URIS',
+  ]);
+  assert.deepEqual([report.env.JIT_S3_BUCKET, report.env.JIT_S3_PREFIX], ['datasets', 'train/']);
+  assert.equal(report.env.AWS_ENDPOINT_URL, `${broker.url}/s3`);
+  assert.equal(report.env.AWS_SESSION_TOKEN, report.env.JIT_FILES_TOKEN, 'the S3 session token is the grant credential');
   assert.equal(report.env.JIT_GRANT_ID, grant.id);
   assert.equal(report.env.JIT_EXPIRES_AT, grant.expiresAt);
   assert.equal(report.env.JIT_FILES_URL, `${broker.url}/v1/files`);
@@ -240,9 +251,9 @@ const badInputs: { what: string; args: string[]; env?: () => Promise<Record<stri
   },
   {
     what: 'an action the resource does not have',
-    args: ['run', '--scope', 'datasets/train:write'],
+    args: ['run', '--scope', 'datasets/train:execute'],
     exitCode: 2,
-    says: /^jit: error: action "write" does not apply to files resource "datasets"/,
+    says: /^jit: error: action "execute" does not apply to files resource "datasets"/,
   },
   {
     what: 'a bad API token',

@@ -84,7 +84,7 @@ describe('broker API', () => {
     ['a TTL that is not a number of seconds', { scopes: ['datasets/train'], ttlSeconds: '30m' }, 400, 'invalid_request'],
     ['an unknown resource', { scopes: ['dataset/train'] }, 400, 'unknown_resource', /did you mean "datasets"/],
     ['a malformed scope', { scopes: ['datasets/../eval'] }, 400, 'invalid_scope', /did you mean "datasets\/eval"/],
-    ['an action files do not have', { scopes: ['datasets/train:write'] }, 400, 'unknown_action', /use one of: read/],
+    ['an action files do not have', { scopes: ['datasets/train:execute'] }, 400, 'unknown_action', /use one of: read, write, delete/],
     ['a TTL over the policy maximum', { scopes: ['datasets/train'], ttlSeconds: 9 * 3600 }, 400, 'ttl_too_long', /--ttl 8h or less/],
   ];
   for (const [what, body, status, code, hint] of refused) {

@@ -30,8 +30,8 @@ describe('broker.yaml', () => {
     ],
     [
       'an action files do not have',
-      initialConfigYaml('user:admin').replace('actions: [read]', 'actions: [read, write]'),
-      /broker\.yaml:\d+: policy\.rules\.0\.actions: action "write" does not apply to files resources/,
+      initialConfigYaml('user:admin').replace('actions: [read]', 'actions: [read, execute]'),
+      /broker\.yaml:\d+: policy\.rules\.0\.actions: action "execute" does not apply to files resources/,
     ],
     [
       'a scope pattern outside the grammar',

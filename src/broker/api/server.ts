@@ -8,6 +8,7 @@ import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
+import { registerS3Gateway } from '../providers/s3/gateway.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
 import {
@@ -240,6 +241,7 @@ export function buildApi(options: {
   });
 
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
+  registerS3Gateway(app, { config, grants, limiter });
 
   async function serveFile(request: FastifyRequest, reply: FastifyReply) {
     const { grant, scopes } = await guarded(request, () => grants.usableGrant(bearer(request)));

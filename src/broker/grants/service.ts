@@ -1,4 +1,5 @@
 import { createReadStream, type ReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { formatDuration } from '../../core/duration.ts';
 import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
@@ -12,6 +13,11 @@ import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, t
 import { allMet, describeRequirements, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
+
+/** What a data plane learns of a credential (GrantService.checkCredential). */
+export type CredentialCheck =
+  | { usable: true; grant: GrantRecord; scopes: Scope[] }
+  | { usable: false; grant: GrantRecord | undefined; reason: 'unknown_credential' | 'grant_pending' | 'grant_ended' };
 
 /**
  * What a requester asks for. `heartbeat: false` (jit request, jit run --no-wait) leaves the
@@ -33,7 +39,7 @@ export class GrantService {
   readonly #store: BrokerStore;
   readonly #clock: Clock;
   readonly #publicUrl: () => string;
-  readonly #streams = new Map<string, Map<ReadStream, number>>();
+  readonly #streams = new Map<string, Map<Readable, number>>();
   #sweeping: Promise<number> | undefined;
 
   constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
@@ -89,7 +95,7 @@ export class GrantService {
             requirements: requirements.map((requirement) => ({ ...requirement, approvedBy: [] })),
             deniedBy: null,
           };
-    return { ...this.view(record, approval), credential, env: filesEnv(this.#publicUrl(), credential) };
+    return { ...this.view(record, approval), credential, env: filesEnv(this.#publicUrl(), credential, record) };
   }
 
   async get(subject: string, id: string): Promise<GrantView> {
@@ -356,12 +362,33 @@ export class GrantService {
     await this.#audit('grant.expired', ended, { reason: ended.endReason });
   }
 
+  /** The broker's clock, epoch ms (what SigV4's clock-skew window is judged by). */
+  now(): number {
+    return this.#clock.now();
+  }
+
   /**
-   * The grant behind a job's credential, if it is usable right now; the data plane's one check.
-   * A refusal is audited too (without the credential): probing with dead credentials shows up.
+   * Finds the grant behind a job's credential and says whether it is usable right now; the data
+   * planes' one check (files endpoint, S3 gateway). Nothing is recorded here.
+   */
+  async checkCredential(credential: string): Promise<CredentialCheck> {
+    const grant = credential ? await this.#store.findGrantByCredentialHash(hashSecret(credential)) : undefined;
+    if (!grant) return { usable: false, grant: undefined, reason: 'unknown_credential' };
+    const now = this.#clock.now();
+    if (grant.state === 'active' && now < grant.expiresAt && now < grant.heartbeatDeadline) {
+      return { usable: true, grant, scopes: grant.scopes.map(parseScope) };
+    }
+    return { usable: false, grant, reason: grant.state === 'pending' ? 'grant_pending' : 'grant_ended' };
+  }
+
+  /**
+   * The grant behind a job's credential, if it is usable right now, for the files endpoint. A
+   * refusal is audited too (without the credential): probing with dead credentials shows up.
    */
   async usableGrant(credential: string | undefined): Promise<{ grant: GrantRecord; scopes: Scope[] }> {
-    const grant = credential ? await this.#store.findGrantByCredentialHash(hashSecret(credential)) : undefined;
+    const check = await this.checkCredential(credential ?? '');
+    if (check.usable) return check;
+    const { grant } = check;
     if (!grant) {
       await this.#store.appendEvent({
         at: this.#clock.now(),
@@ -372,19 +399,14 @@ export class GrantService {
       });
       throw new AuthError('the grant credential is not valid', { hint: 'run the job under `jit run` to get a credential' });
     }
-    const now = this.#clock.now();
-    if (grant.state !== 'active' || now >= grant.expiresAt || now >= grant.heartbeatDeadline) {
-      if (grant.state === 'pending') {
-        await this.#audit('data.refused', grant, { reason: 'grant_pending', state: grant.state });
-        throw new AuthError(`grant ${grant.id} is waiting for approval`, {
-          code: 'grant_pending',
-          hint: 'its credential works once the grant is approved (`jit run` waits for that)',
-        });
-      }
-      await this.#audit('data.refused', grant, { reason: 'grant_ended', state: grant.state });
-      throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
+    await this.#audit('data.refused', grant, { reason: check.reason, state: grant.state });
+    if (check.reason === 'grant_pending') {
+      throw new AuthError(`grant ${grant.id} is waiting for approval`, {
+        code: 'grant_pending',
+        hint: 'its credential works once the grant is approved (`jit run` waits for that)',
+      });
     }
-    return { grant, scopes: grant.scopes.map(parseScope) };
+    throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
   }
 
   /** A grant's audit trail, oldest first. */
@@ -392,8 +414,9 @@ export class GrantService {
     return this.#store.listEvents({ grantId });
   }
 
-  async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
-    await this.#audit('data.read', grant, detail);
+  /** One data touch (or refusal) on the audit trail: `data.read`, `data.write`, `data.delete`, `data.refused`. */
+  async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>, type = 'data.read'): Promise<void> {
+    await this.#audit(type, grant, detail);
   }
 
   /**
@@ -401,8 +424,12 @@ export class GrantService {
    * way, not just new requests. (This replica's streams only; see docs/architecture.md.)
    */
   openForGrant(grantId: string, file: string, size: number): ReadStream {
-    const stream = createReadStream(file);
-    const open = this.#streams.get(grantId) ?? new Map<ReadStream, number>();
+    return this.trackStream(grantId, createReadStream(file), size);
+  }
+
+  /** Any stream of `size` bytes served under a grant, cut like openForGrant's when the grant ends. */
+  trackStream<T extends Readable>(grantId: string, stream: T, size: number): T {
+    const open = this.#streams.get(grantId) ?? new Map<Readable, number>();
     this.#streams.set(grantId, open.set(stream, size));
     const done = () => {
       open.delete(stream);
@@ -419,7 +446,8 @@ export class GrantService {
    */
   #cutStreams(grantId: string): void {
     for (const [stream, size] of this.#streams.get(grantId) ?? []) {
-      if (stream.bytesRead < size) stream.destroy(new Error(`grant ${grantId} ended`));
+      const read = (stream as Partial<ReadStream>).bytesRead ?? 0;
+      if (!stream.readableEnded && read < size) stream.destroy(new Error(`grant ${grantId} ended`));
     }
   }
 

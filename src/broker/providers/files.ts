@@ -1,17 +1,44 @@
 import { lstat, readdir, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { DeniedError, NotFoundError, UsageError } from '../../core/errors.ts';
-import { type Scope, scopeCovers } from '../../core/scope.ts';
+import { parseScope, type Scope, scopeCovers } from '../../core/scope.ts';
+import { accessKeyIdFor, deriveS3Secret } from './s3/keys.ts';
+
+const S3_PREFIX = '/s3';
 
 /**
- * The files provider: a resource is a directory on the broker; a grant's credential reads under
- * the granted prefixes through `GET /v1/files/<resource>/<path>` (the S3-compatible gateway is
- * issue 4). The job sees JIT_FILES_URL and JIT_FILES_TOKEN.
+ * The files provider: a resource is a directory on the broker, served as an S3 bucket by the
+ * gateway (docs/s3.md), and read-only through `GET /v1/files/<resource>/<path>`. `read` lists and
+ * gets, `write` puts (multipart included), `delete` deletes; each under the scope's path only.
  */
-export const FILES_ACTIONS = ['read'] as const;
+export const FILES_ACTIONS = ['read', 'write', 'delete'] as const;
 
-export function filesEnv(publicUrl: string, credential: string): Record<string, string> {
-  return { JIT_FILES_URL: `${publicUrl}/v1/files`, JIT_FILES_TOKEN: credential };
+/** The region S3 clients are told; the gateway accepts any region in a signature's scope. */
+export const S3_REGION = 'us-east-1';
+
+/**
+ * What a job gets for a grant: the S3 variables its usual clients read (boto3, the AWS SDKs,
+ * s3fs, pandas), with hints naming the granted buckets and prefixes, and JIT_FILES_* for plain
+ * HTTP reads. All of it unlocks only this grant, for as long as it lives.
+ */
+export function filesEnv(publicUrl: string, credential: string, grant: { id: string; scopes: readonly string[] }): Record<string, string> {
+  const targets = grant.scopes.map(parseScope).map((scope) => `s3://${scope.resource}/${scope.path ? `${scope.path}/` : ''}`);
+  const [first] = grant.scopes.map(parseScope);
+  const endpoint = `${publicUrl}${S3_PREFIX}`;
+  return {
+    AWS_ACCESS_KEY_ID: accessKeyIdFor(grant.id),
+    AWS_SECRET_ACCESS_KEY: deriveS3Secret(credential),
+    AWS_SESSION_TOKEN: credential,
+    AWS_ENDPOINT_URL: endpoint,
+    AWS_ENDPOINT_URL_S3: endpoint,
+    AWS_REGION: S3_REGION,
+    AWS_DEFAULT_REGION: S3_REGION,
+    JIT_S3_BUCKET: first?.resource ?? '',
+    JIT_S3_PREFIX: first?.path ? `${first.path}/` : '',
+    JIT_S3_URIS: [...new Set(targets)].join(' '),
+    JIT_FILES_URL: `${publicUrl}/v1/files`,
+    JIT_FILES_TOKEN: credential,
+  };
 }
 
 /**

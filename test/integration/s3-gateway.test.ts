@@ -1,0 +1,226 @@
+// The S3-compatible gateway with the real AWS SDK for JavaScript: what a job's S3 client sees.
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  ListPartsCommand,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import type { IssuedGrant } from '../../src/core/grant.ts';
+import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+const POLICY = `policy:
+  rules:
+    - name: admin-datasets
+      subjects: ["user:admin"]
+      scopes: ["datasets/**"]
+      actions: [read, write, delete]
+      defaultTtl: 1h
+      maxTtl: 8h
+`;
+
+/** An S3 client exactly as a job's would be: everything from the grant's environment. */
+function clientFor(grant: IssuedGrant, overrides: { secretAccessKey?: string; accessKeyId?: string } = {}): S3Client {
+  return new S3Client({
+    endpoint: grant.env.AWS_ENDPOINT_URL,
+    region: grant.env.AWS_REGION,
+    forcePathStyle: true,
+    credentials: {
+      accessKeyId: overrides.accessKeyId ?? grant.env.AWS_ACCESS_KEY_ID ?? '',
+      secretAccessKey: overrides.secretAccessKey ?? grant.env.AWS_SECRET_ACCESS_KEY ?? '',
+      sessionToken: grant.env.AWS_SESSION_TOKEN,
+    },
+  });
+}
+
+/** The S3 error a call fails with: its code (name) and HTTP status. */
+async function s3Error(call: Promise<unknown>): Promise<{ code: string; status: number | undefined }> {
+  try {
+    await call;
+  } catch (error) {
+    if (error instanceof S3ServiceException) return { code: error.name, status: error.$metadata.httpStatusCode };
+    throw error;
+  }
+  throw new Error('the call succeeded');
+}
+
+describe('S3 gateway with @aws-sdk/client-s3', () => {
+  let broker: TestBroker;
+  const grant = async (scopes: string[]) => {
+    const response = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', { scopes, heartbeat: false });
+    assert.equal(response.status, 201, JSON.stringify(response.body));
+    return response.body;
+  };
+
+  before(async () => {
+    broker = await startTestBroker({ policy: POLICY });
+  });
+  after(() => broker.cleanup());
+
+  it('gives the job S3 variables naming the gateway, the bucket and the prefix', async () => {
+    const issued = await grant(['datasets/train']);
+    assert.equal(issued.env.AWS_ENDPOINT_URL, `${broker.url}/s3`);
+    assert.equal(issued.env.AWS_SESSION_TOKEN, issued.credential);
+    assert.match(issued.env.AWS_ACCESS_KEY_ID ?? '', /^JIT[0-9A-F]{20}$/);
+    assert.equal(issued.env.AWS_SECRET_ACCESS_KEY?.length, 40);
+    assert.equal(issued.env.JIT_S3_BUCKET, 'datasets');
+    assert.equal(issued.env.JIT_S3_PREFIX, 'train/');
+    assert.equal(issued.env.JIT_S3_URIS, 's3://datasets/train/');
+  });
+
+  it('lists, heads, gets and range-gets under the granted prefix', async () => {
+    const s3 = clientFor(await grant(['datasets/train']));
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: 'datasets', Prefix: 'train/' }));
+    const sizeOf = async (key: string) => (await readFile(path.join(broker.dataDir, key))).length;
+    assert.deepEqual(
+      listed.Contents?.map((item) => [item.Key, item.Size]),
+      [
+        ['train/shard-0000.jsonl', await sizeOf('train/shard-0000.jsonl')],
+        ['train/shard-0001.jsonl', await sizeOf('train/shard-0001.jsonl')],
+      ],
+    );
+    const expected = await readFile(path.join(broker.dataDir, 'train', 'shard-0000.jsonl'), 'utf8');
+    const got = await s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0000.jsonl' }));
+    assert.equal(await got.Body?.transformToString(), expected);
+    const head = await s3.send(new HeadObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0000.jsonl' }));
+    assert.equal(head.ContentLength, expected.length);
+    assert.equal(head.ETag, got.ETag);
+    const ranged = await s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0000.jsonl', Range: 'bytes=2-7' }));
+    assert.equal(await ranged.Body?.transformToString(), expected.slice(2, 8));
+    assert.equal(ranged.ContentRange, `bytes 2-7/${expected.length}`);
+    const notModified = await s3Error(
+      s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0000.jsonl', IfNoneMatch: got.ETag })),
+    );
+    assert.equal(notModified.status, 304);
+  });
+
+  it('keeps everything outside the grant closed with the same credential', async () => {
+    const s3 = clientFor(await grant(['datasets/train']));
+    assert.deepEqual(await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'eval/holdout.jsonl' }))), {
+      code: 'AccessDenied',
+      status: 403,
+    });
+    assert.deepEqual(await s3Error(s3.send(new ListObjectsV2Command({ Bucket: 'datasets', Prefix: 'eval/' }))), {
+      code: 'AccessDenied',
+      status: 403,
+    });
+    assert.deepEqual(await s3Error(s3.send(new ListObjectsV2Command({ Bucket: 'datasets' }))), { code: 'AccessDenied', status: 403 });
+    assert.deepEqual(
+      await s3Error(s3.send(new PutObjectCommand({ Bucket: 'datasets', Key: 'train/new.jsonl', Body: '{}' }))),
+      { code: 'AccessDenied', status: 403 },
+      'read does not allow write',
+    );
+    assert.deepEqual(
+      await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/../eval/holdout.jsonl' }))),
+      { code: 'InvalidArgument', status: 400 },
+      'a key with ".." is refused before any scope is compared with it',
+    );
+  });
+
+  it('answers with S3 error codes: NoSuchKey, InvalidRange, InvalidAccessKeyId, SignatureDoesNotMatch', async () => {
+    const issued = await grant(['datasets/train']);
+    const s3 = clientFor(issued);
+    assert.deepEqual(await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/missing.jsonl' }))), {
+      code: 'NoSuchKey',
+      status: 404,
+    });
+    assert.deepEqual(
+      await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl', Range: 'bytes=9999-' }))),
+      { code: 'InvalidRange', status: 416 },
+    );
+    const wrongSecret = clientFor(issued, { secretAccessKey: 'x'.repeat(40) });
+    assert.deepEqual(await s3Error(wrongSecret.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl' }))), {
+      code: 'SignatureDoesNotMatch',
+      status: 403,
+    });
+    const wrongKey = clientFor(issued, { accessKeyId: `JIT${'0'.repeat(20)}` });
+    assert.deepEqual(await s3Error(wrongKey.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl' }))), {
+      code: 'InvalidAccessKeyId',
+      status: 403,
+    });
+  });
+
+  it('writes with :write (atomically), multipart included, and deletes only with :delete', async () => {
+    const s3 = clientFor(await grant(['datasets/checkpoints:write', 'datasets/checkpoints']));
+    await s3.send(new PutObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json', Body: '{"step":1}' }));
+    const back = await s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json' }));
+    assert.equal(await back.Body?.transformToString(), '{"step":1}');
+    assert.equal(await readFile(path.join(broker.dataDir, 'checkpoints', 'step-1.json'), 'utf8'), '{"step":1}');
+
+    const part1 = Buffer.alloc(5 * 1024 * 1024, 'a');
+    const part2 = Buffer.from('tail');
+    const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: 'datasets', Key: 'checkpoints/model.bin' }));
+    const etags = [];
+    for (const [index, body] of [part1, part2].entries()) {
+      const part = await s3.send(
+        new UploadPartCommand({ Bucket: 'datasets', Key: 'checkpoints/model.bin', UploadId, PartNumber: index + 1, Body: body }),
+      );
+      etags.push({ PartNumber: index + 1, ETag: part.ETag });
+    }
+    const parts = await s3.send(new ListPartsCommand({ Bucket: 'datasets', Key: 'checkpoints/model.bin', UploadId }));
+    assert.deepEqual(
+      parts.Parts?.map((part) => part.Size),
+      [part1.length, part2.length],
+    );
+    await assert.rejects(readFile(path.join(broker.dataDir, 'checkpoints', 'model.bin')), 'nothing visible before completion');
+    const done = await s3.send(
+      new CompleteMultipartUploadCommand({ Bucket: 'datasets', Key: 'checkpoints/model.bin', UploadId, MultipartUpload: { Parts: etags } }),
+    );
+    assert.match(done.ETag ?? '', /-2"$/);
+    const stored = await readFile(path.join(broker.dataDir, 'checkpoints', 'model.bin'));
+    assert.equal(stored.length, part1.length + part2.length);
+    assert.equal(stored.subarray(-4).toString(), 'tail');
+
+    const aborted = await s3.send(new CreateMultipartUploadCommand({ Bucket: 'datasets', Key: 'checkpoints/dropped.bin' }));
+    await s3.send(new AbortMultipartUploadCommand({ Bucket: 'datasets', Key: 'checkpoints/dropped.bin', UploadId: aborted.UploadId }));
+
+    assert.deepEqual(await s3Error(s3.send(new DeleteObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json' }))), {
+      code: 'AccessDenied',
+      status: 403,
+    });
+    const deleter = clientFor(await grant(['datasets/checkpoints:delete']));
+    await deleter.send(new DeleteObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json' }));
+    await assert.rejects(readFile(path.join(broker.dataDir, 'checkpoints', 'step-1.json')));
+  });
+
+  it('serves presigned URLs, and refuses a tampered one', async () => {
+    const s3 = clientFor(await grant(['datasets/train']));
+    const url = await getSignedUrl(s3, new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl' }), { expiresIn: 60 });
+    const response = await fetch(url);
+    assert.equal(response.status, 200);
+    assert.equal(await response.text(), await readFile(path.join(broker.dataDir, 'train', 'shard-0001.jsonl'), 'utf8'));
+    const tampered = await fetch(url.replace('shard-0001', 'shard-0000'));
+    assert.equal(tampered.status, 403);
+    assert.match(await tampered.text(), /<Code>SignatureDoesNotMatch<\/Code>/);
+  });
+
+  it("refuses a revoked grant's next request, and records every access and refusal", async () => {
+    const issued = await grant(['datasets/train']);
+    const s3 = clientFor(issued);
+    await s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl' }));
+    await api(broker, broker.token, 'DELETE', `grants/${issued.id}`);
+    assert.deepEqual(await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/shard-0001.jsonl' }))), {
+      code: 'ExpiredToken',
+      status: 400,
+    });
+    const events = await broker.broker.grants.events(issued.id);
+    const read = events.find((event) => event.type === 'data.read' && event.detail.operation === 'GetObject');
+    assert.equal(read?.detail.key, 'train/shard-0001.jsonl');
+    assert.equal(read?.detail.bytes, (await readFile(path.join(broker.dataDir, 'train', 'shard-0001.jsonl'))).length);
+    assert.equal(read?.detail.status, 200);
+    assert.ok(events.some((event) => event.type === 'data.refused' && event.detail.reason === 'grant_ended'));
+    for (const event of events) assert.ok(!JSON.stringify(event).includes(issued.credential), 'no credential in the audit trail');
+  });
+});
