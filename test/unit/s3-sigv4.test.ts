@@ -628,9 +628,12 @@ describe('helpers', () => {
   it('caches signing keys by secret, day and region', () => {
     const cache = new SigningKeyCache(2);
     const key = cache.get(SECRET, '20130524', 'us-east-1');
-    assert.deepEqual(key, deriveSigningKey(SECRET, '20130524', 'us-east-1'));
+    assert.ok(key.equals(deriveSigningKey(SECRET, '20130524', 'us-east-1')));
     assert.equal(cache.get(SECRET, '20130524', 'us-east-1'), key);
-    assert.notDeepEqual(cache.get(SECRET, '20130525', 'us-east-1'), key);
+    assert.ok(!cache.get(SECRET, '20130525', 'us-east-1').equals(key));
+    assert.ok(!cache.get(SECRET, '20130524', 'eu-west-1').equals(key));
+    assert.ok(!cache.get('another secret', '20130524', 'us-east-1').equals(key));
+    assert.notEqual(cache.get(SECRET, '20130524', 'us-east-1'), key, 'the oldest entry went when a third arrived');
   });
 
   it('verifies with a shared signing-key cache', async () => {

@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, type KeyObject, timingSafeEqual } from 'node:crypto';
 import { type Readable, Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import { S3Error } from './contracts.ts';
@@ -195,7 +195,7 @@ function pipeFrom<T extends Transform>(raw: Readable, transform: T): T {
 }
 
 /** What the chunk signatures are verified with: the request's signing key, timestamp, scope and seed signature. */
-export type ChunkSigning = { signingKey: Buffer; longDate: string; scope: string; seedSignature: string };
+export type ChunkSigning = { signingKey: KeyObject; longDate: string; scope: string; seedSignature: string };
 
 export type AwsChunkedOptions = {
   /** Set for the STREAMING-AWS4-HMAC-SHA256-* modes: every chunk carries a signature to verify. */

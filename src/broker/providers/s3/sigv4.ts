@@ -1,4 +1,4 @@
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, createSecretKey, type KeyObject } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { type PayloadMode, S3Error, type SecretLookup, type SignedRequest, type Verified } from './contracts.ts';
 import { checkedBody, checksumChecks, decodeAwsChunked, headerChecksums, sameSignature, sha256Check } from './payload.ts';
@@ -32,12 +32,15 @@ export type VerifyOptions = {
   signingKeys?: SigningKeyCache;
 };
 
-/** kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request"). */
-export function deriveSigningKey(secret: string, date: string, region: string, service = SERVICE): Buffer {
+/**
+ * kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request"), as a
+ * KeyObject: node's createHmac takes one in about a fifth of the time it takes a Buffer key.
+ */
+export function deriveSigningKey(secret: string, date: string, region: string, service = SERVICE): KeyObject {
   const kDate = createHmac('sha256', `AWS4${secret}`).update(date).digest();
   const kRegion = createHmac('sha256', kDate).update(region).digest();
   const kService = createHmac('sha256', kRegion).update(service).digest();
-  return createHmac('sha256', kService).update(TERMINATOR).digest();
+  return createSecretKey(createHmac('sha256', kService).update(TERMINATOR).digest());
 }
 
 /**
@@ -46,14 +49,14 @@ export function deriveSigningKey(secret: string, date: string, region: string, s
  * while its key is still cached.
  */
 export class SigningKeyCache {
-  readonly #keys = new Map<string, Buffer>();
+  readonly #keys = new Map<string, KeyObject>();
   readonly #capacity: number;
 
   constructor(capacity = 1024) {
     this.#capacity = capacity;
   }
 
-  get(secret: string, date: string, region: string): Buffer {
+  get(secret: string, date: string, region: string): KeyObject {
     const id = `${date}\n${region}\n${secret}`;
     let key = this.#keys.get(id);
     if (key) return key;
@@ -384,7 +387,7 @@ function decodedLength(value: string | undefined): number | undefined {
   return Number(value.trim());
 }
 
-function bodyFor(request: SignedRequest, auth: SignedAuth, mode: PayloadMode, signingKey: Buffer): (raw: Readable) => Readable {
+function bodyFor(request: SignedRequest, auth: SignedAuth, mode: PayloadMode, signingKey: KeyObject): (raw: Readable) => Readable {
   const headers = request.headers;
   const checksums = headerChecksums(headers);
   if (mode === 'signed') return (raw) => checkedBody(raw, [sha256Check(auth.payloadHash), ...checksumChecks(checksums)]);
