@@ -136,9 +136,9 @@ describe('jit policy explain', () => {
   });
 
   it('applies --action to scopes without one', async () => {
-    const result = await explain('--subject', 'user:ana', '--scope', 'datasets/train', '--action', 'write');
-    assert.equal(result.code, 2, 'files resources have no write action');
-    assert.match(result.stderr, /^jit: error: action "write" does not apply to files resource "datasets"/);
+    const result = await explain('--subject', 'user:ana', '--scope', 'datasets/train', '--action', 'execute');
+    assert.equal(result.code, 2, 'files resources have no execute action');
+    assert.match(result.stderr, /^jit: error: action "execute" does not apply to files resource "datasets"/);
   });
 
   it('exits 2 on bad input: a TTL over every max, an unknown resource, a bad subject, a missing directory', async () => {

@@ -50,6 +50,13 @@ export function openApiDocument(version: string) {
       securitySchemes: {
         apiToken: { type: 'http', scheme: 'bearer', description: 'a principal API token (jit_...)' },
         grantCredential: { type: 'http', scheme: 'bearer', description: 'a grant credential (jitc_...), as `jit run` gives a job' },
+        s3SigV4: {
+          type: 'apiKey',
+          in: 'header',
+          name: 'Authorization',
+          description:
+            "AWS Signature Version 4 with the grant's S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); docs/s3.md",
+        },
       },
       schemas: {
         GrantRequest: grantRequestSchema,
@@ -223,6 +230,36 @@ export function openApiDocument(version: string) {
           },
         },
       },
+      '/s3': s3Gateway(undefined),
+      '/s3/{path}': s3Gateway('BUCKET or BUCKET/KEY'),
     },
   };
+}
+
+/**
+ * The S3-compatible gateway speaks the S3 REST API (docs/s3.md), not this API's JSON: it is listed
+ * so the document names every route, with S3's own reference as its contract.
+ */
+function s3Gateway(path: string | undefined) {
+  const operation = (summary: string) => ({
+    summary: `${summary} (S3 REST API, AWS Signature Version 4 with the grant's S3 keys; docs/s3.md)`,
+    security: [{ s3SigV4: [] }],
+    ...(path ? { parameters: [{ name: 'path', in: 'path', required: true, schema: { type: 'string' }, description: path }] } : {}),
+    responses: {
+      default: { description: "S3's responses and XML error bodies", content: { 'application/xml': { schema: { type: 'string' } } } },
+    },
+  });
+  return path
+    ? {
+        get: operation('ListObjectsV2, GetObject, ListParts, GetBucketLocation'),
+        put: operation('PutObject, UploadPart'),
+        post: operation('CreateMultipartUpload, CompleteMultipartUpload'),
+        delete: operation('DeleteObject, AbortMultipartUpload'),
+      }
+    : {
+        get: operation('ListBuckets: the buckets the grant has scopes in'),
+        put: operation('not allowed (405)'),
+        post: operation('not allowed (405)'),
+        delete: operation('not allowed (405)'),
+      };
 }
