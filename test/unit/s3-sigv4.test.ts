@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { crc32 } from 'node:zlib';
 import {
   type ChecksumAlgorithm,
   GetObjectCommand,
@@ -259,6 +262,51 @@ describe('verifySigV4 with requests @aws-sdk/client-s3 sends', () => {
   });
 });
 
+// boto3 is what training scripts use; .ci/run installs it (python3-boto3). Where it is missing the
+// test says so and skips rather than pretending.
+const BOTO3_SCRIPT = `
+import sys, urllib.request, boto3
+from botocore.config import Config
+endpoint, token = sys.argv[1], sys.argv[2]
+def client(**config):
+    return boto3.client('s3', endpoint_url=endpoint, region_name='us-east-1', aws_access_key_id='${ACCESS_KEY}',
+        aws_secret_access_key='${SECRET}', aws_session_token=token,
+        config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 1}, **config))
+s3 = client()
+key = 'données/é x+y~(1)*!$@:,;=.jsonl'
+s3.list_objects_v2(Bucket='datasets', Prefix='données/a b+c~/', Delimiter='/', StartAfter='x y')
+s3.put_object(Bucket='datasets', Key=key, Body=b'hello world' * 1000)
+urllib.request.urlopen(client(signature_version='s3v4').generate_presigned_url('get_object', Params={'Bucket': 'datasets', 'Key': key}, ExpiresIn=300)).read()
+`;
+
+const hasBoto3 = () =>
+  promisify(execFile)('python3', ['-c', 'import boto3']).then(
+    () => true,
+    () => false,
+  );
+
+describe('verifySigV4 with requests boto3 sends', () => {
+  it('accepts its list, its signed-payload PUT of an awkward key and its SigV4 presigned GET', async (t) => {
+    if (!(await hasBoto3())) {
+      t.skip('python3 with boto3 is not installed here (Debian: python3-boto3)');
+      return;
+    }
+    const first = captured.length;
+    await promisify(execFile)('python3', ['-c', BOTO3_SCRIPT, endpoint, TOKEN]);
+    const requests = captured.slice(first);
+    assert.equal(requests.length, 3);
+    const [list, put, presignedGet] = requests as [Captured, Captured, Captured];
+    assert.match(list.rawQuery, /prefix=donn%C3%A9es%2Fa%20b%2Bc~%2F/);
+    assert.equal((await verifySigV4(list, lookupFor())).payload, 'signed');
+    const verifiedPut = await verifySigV4(put, lookupFor());
+    assert.deepEqual(await readAll(verifiedPut.body(inPieces(put.body, 1500))), Buffer.from('hello world'.repeat(1000)));
+    assert.match(presignedGet.rawQuery, /X-Amz-Algorithm=AWS4-HMAC-SHA256/);
+    const lookup = lookupFor();
+    await verifySigV4(presignedGet, lookup);
+    assert.deepEqual(lookup.calls, [{ accessKeyId: ACCESS_KEY, sessionToken: TOKEN }]);
+  });
+});
+
 // --- signing with the SDK's own signer ---------------------------------------------------------
 
 type SignInput = {
@@ -321,6 +369,23 @@ describe('verifySigV4 with requests @smithy/signature-v4 signs', () => {
     assert.equal(verified.payload, 'unsigned');
     const raw = Readable.from([Buffer.from('anything')]);
     assert.equal(verified.body(raw), raw, 'an unsigned body with no checksum is the raw stream itself');
+  });
+
+  it('checks an unsigned body against the x-amz-checksum-* and Content-MD5 headers it was sent with', async () => {
+    const body = Buffer.from('{"step":1}\n'.repeat(100));
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    const headers = {
+      'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+      'x-amz-checksum-crc32': crc.toString('base64'),
+      'content-md5': createHash('md5').update(body).digest('base64'),
+    };
+    const request = await signed({ method: 'PUT', path: '/checkpoints/step-1.json', headers });
+    const verified = await verifySigV4(request, lookupFor());
+    assert.deepEqual(await readAll(verified.body(inPieces(body, 100))), body);
+    await rejectsWith(readAll(verified.body(inPieces(Buffer.concat([body, Buffer.from('!')]), 100))), 'BadDigest', 400);
+    const badMd5 = await signed({ method: 'PUT', path: '/checkpoints/step-1.json', headers: { ...headers, 'content-md5': 'not-md5' } });
+    await rejectsWith(verifySigV4(badMd5, lookupFor()), 'InvalidDigest', 400);
   });
 
   it('accepts a request signed without a session token', async () => {
@@ -388,6 +453,7 @@ describe('verifySigV4 with requests @smithy/signature-v4 signs', () => {
       ],
       [{ ...good, headers: { ...good.headers, 'x-amz-content-sha256': 'NOT-A-HASH' } }, 'InvalidArgument', 400],
       [{ ...good, rawQuery: 'X-Amz-Algorithm=AWS4-HMAC-SHA256' }, 'InvalidArgument', 400],
+      [{ ...without('authorization'), rawQuery: 'AWSAccessKeyId=AKID&Expires=1700000000&Signature=c2ln' }, 'InvalidRequest', 400],
     ];
     for (const [request, code, status] of cases) await rejectsWith(verifySigV4(request, lookupFor()), code, status);
   });

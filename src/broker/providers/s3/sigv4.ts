@@ -326,6 +326,10 @@ export function parseAuth(request: SignedRequest, options: VerifyOptions = {}): 
   }
   if (authorization !== undefined) return parseHeaderAuth(request, authorization, options);
   if (presigned) return parseQueryAuth(params, options);
+  if (queryPairs(request.rawQuery).some(([key]) => key === 'AWSAccessKeyId')) {
+    // A Signature Version 2 presigned URL (boto3 signs these unless configured with signature_version='s3v4').
+    throw new S3Error('InvalidRequest', 400, `The authorization mechanism you have provided is not supported. Please use ${ALGORITHM}.`);
+  }
   throw new S3Error(
     'AccessDenied',
     403,
