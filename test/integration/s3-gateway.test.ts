@@ -1,6 +1,7 @@
 // The S3-compatible gateway with the real AWS SDK for JavaScript: what a job's S3 client sees.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, symlink } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
@@ -18,6 +19,8 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { Sha256 } from '@smithy/core/checksum';
+import { SignatureV4 } from '@smithy/signature-v4';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
@@ -54,6 +57,44 @@ async function s3Error(call: Promise<unknown>): Promise<{ code: string; status: 
     throw error;
   }
   throw new Error('the call succeeded');
+}
+
+/**
+ * Sends a GET for a raw path exactly as written (no client normalises it), signed with the grant's
+ * S3 keys by the SDK's own signer: what a hostile or buggy client can put on the wire.
+ */
+async function rawSignedGet(grant: IssuedGrant, rawPath: string): Promise<{ status: number; text: string }> {
+  const url = new URL(grant.env.AWS_ENDPOINT_URL ?? '');
+  const signer = new SignatureV4({
+    credentials: {
+      accessKeyId: grant.env.AWS_ACCESS_KEY_ID ?? '',
+      secretAccessKey: grant.env.AWS_SECRET_ACCESS_KEY ?? '',
+      sessionToken: grant.env.AWS_SESSION_TOKEN,
+    },
+    region: 'us-east-1',
+    service: 's3',
+    sha256: Sha256,
+    uriEscapePath: false,
+  });
+  const signed = await signer.sign({
+    method: 'GET',
+    protocol: 'http:',
+    hostname: url.hostname,
+    port: Number(url.port),
+    path: rawPath,
+    query: {},
+    headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+  });
+  return new Promise((resolve, reject) => {
+    const request = http.get({ hostname: url.hostname, port: url.port, path: rawPath, headers: signed.headers }, (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+    });
+    request.on('error', reject);
+  });
 }
 
 describe('S3 gateway with @aws-sdk/client-s3', () => {
@@ -127,6 +168,45 @@ describe('S3 gateway with @aws-sdk/client-s3', () => {
       { code: 'InvalidArgument', status: 400 },
       'a key with ".." is refused before any scope is compared with it',
     );
+  });
+
+  it('refuses every encoding of a way out of the granted prefix, signed or not', async () => {
+    const issued = await grant(['datasets/train']);
+    const plain = await rawSignedGet(issued, '/s3/datasets/train/shard-0001.jsonl');
+    assert.equal(plain.status, 200, 'the signer and the raw request agree');
+    const attempts: [string, number, string][] = [
+      ['/s3/datasets/train/%2e%2e/eval/holdout.jsonl', 400, 'InvalidArgument'],
+      ['/s3/datasets/train/%2E%2E%2Feval%2Fholdout.jsonl', 400, 'InvalidArgument'],
+      ['/s3/datasets/train/..%5Ceval%5Choldout.jsonl', 400, 'InvalidArgument'],
+      ['/s3/datasets/train/x%00.jsonl', 400, 'InvalidArgument'],
+      ['/s3/datasets/train/%c0%ae%c0%ae/eval/holdout.jsonl', 400, 'InvalidURI'],
+      ['/s3/datasets/train//../eval/holdout.jsonl', 400, 'InvalidArgument'],
+      ['/s3/datasets/.jit-staging/tmp', 403, 'AccessDenied'],
+    ];
+    for (const [rawPath, status, code] of attempts) {
+      const response = await rawSignedGet(issued, rawPath);
+      assert.equal(response.status, status, `${rawPath}: ${response.text}`);
+      assert.match(response.text, new RegExp(`<Code>${code}</Code>`), rawPath);
+      assert.doesNotMatch(response.text, /secret eval item/);
+    }
+  });
+
+  it('does not let a symbolic link under the granted prefix open an ungranted file', async () => {
+    await mkdir(path.join(broker.dataDir, 'train', 'links'), { recursive: true });
+    await symlink(path.join(broker.dataDir, 'eval', 'holdout.jsonl'), path.join(broker.dataDir, 'train', 'links', 'holdout.jsonl'));
+    await symlink('/etc/hostname', path.join(broker.dataDir, 'train', 'links', 'outside'));
+    const s3 = clientFor(await grant(['datasets/train']));
+    assert.deepEqual(await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/links/holdout.jsonl' }))), {
+      code: 'AccessDenied',
+      status: 403,
+    });
+    assert.deepEqual(await s3Error(s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/links/outside' }))), {
+      code: 'AccessDenied',
+      status: 403,
+    });
+    const both = clientFor(await grant(['datasets/train', 'datasets/eval']));
+    const through = await both.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'train/links/holdout.jsonl' }));
+    assert.match((await through.Body?.transformToString()) ?? '', /secret eval item/, 'with both prefixes granted the link works');
   });
 
   it('answers with S3 error codes: NoSuchKey, InvalidRange, InvalidAccessKeyId, SignatureDoesNotMatch', async () => {

@@ -8,7 +8,8 @@ import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
-import { registerS3Gateway } from '../providers/s3/gateway.ts';
+import { S3Error } from '../providers/s3/contracts.ts';
+import { isS3Path, registerS3Gateway, sendS3Error } from '../providers/s3/gateway.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
 import {
@@ -89,6 +90,11 @@ export function buildApi(options: {
     },
     // Errors Fastify raises before routing (a malformed percent-encoding, say) get jit's body too.
     frameworkErrors: (error, request, reply: FastifyReply) => {
+      // The S3 gateway's clients expect S3's XML errors, even for a URL Fastify cannot route.
+      if (isS3Path(request.raw.url ?? '')) {
+        sendS3Error(request, reply, new S3Error('InvalidURI', 400, "Couldn't parse the specified URI."));
+        return;
+      }
       sendError(request, reply, error.statusCode ?? 400, {
         code: 'invalid_request',
         message: error.message,

@@ -47,7 +47,7 @@ export type SignedRequest = {
 export type SecretLookup = (accessKeyId: string, sessionToken: string | undefined) => Promise<string>;
 
 export type PayloadMode =
-  /** x-amz-content-sha256 is the body's hex SHA-256 (checked as the body streams: see Verified.bodyCheck). */
+  /** x-amz-content-sha256 is the body's hex SHA-256 (checked as the body streams: see Verified.body). */
   | 'signed'
   | 'unsigned'
   /** STREAMING-AWS4-HMAC-SHA256-PAYLOAD: aws-chunked, each chunk signed. */
@@ -78,6 +78,12 @@ export type ObjectInfo = {
   /** Quoted, as S3 sends it: "\"…\"". */
   etag: string;
   lastModified: Date;
+  /**
+   * The key of what the object really is, after symbolic links inside the bucket, when that
+   * differs from `key`: the gateway checks the grant on it too, so a link under a granted prefix
+   * never opens a file under an ungranted one.
+   */
+  realKey?: string;
 };
 
 export type ListRequest = {

@@ -327,7 +327,14 @@ export class FsBackend implements ObjectBackend {
   }
 
   private async info(root: string, key: string, real: string, stats: BigIntStats, sidecars?: SidecarIndex): Promise<ObjectInfo> {
-    return { key, size: Number(stats.size), etag: await this.etagOf(root, real, stats, sidecars), lastModified: mtimeOf(stats) };
+    const realKey = relativeInside(root, real);
+    return {
+      key,
+      size: Number(stats.size),
+      etag: await this.etagOf(root, real, stats, sidecars),
+      lastModified: mtimeOf(stats),
+      ...(realKey !== undefined && realKey !== key ? { realKey } : {}),
+    };
   }
 
   /**

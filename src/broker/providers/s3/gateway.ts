@@ -9,7 +9,7 @@ import type { GrantRecord } from '../../store/store.ts';
 import { type ByteRange, type ObjectBackend, type ObjectInfo, S3Error, type Verified } from './contracts.ts';
 import { FsBackend, keySegments } from './fs-backend.ts';
 import { deriveS3Secret, grantIdFromAccessKeyId } from './keys.ts';
-import { verifySigV4 } from './sigv4.ts';
+import { SigningKeyCache, verifySigV4 } from './sigv4.ts';
 import * as xml from './xml.ts';
 
 /** Where the gateway is mounted on the broker: AWS_ENDPOINT_URL is `<publicUrl>/s3`. */
@@ -37,6 +37,9 @@ export function registerS3Gateway(
   options: { config: BrokerConfig; grants: GrantService; limiter: { check(source: string): void; recordFailure(source: string): void } },
 ): void {
   const { config, grants } = options;
+  // Signing keys depend on secret, day and region only; lookupSecret still runs every request,
+  // so a revoked grant is refused even while its key is cached.
+  const signingKeys = new SigningKeyCache();
   const backends = new Map<string, ObjectBackend>();
   const backend = (bucket: string): ObjectBackend => {
     let found = backends.get(bucket);
@@ -103,7 +106,9 @@ export function registerS3Gateway(
     options.limiter.check(request.ip);
     let verified: Verified;
     try {
-      verified = await verifySigV4({ method: request.method, rawPath, rawQuery, headers, now: grants.now() }, lookupSecret);
+      verified = await verifySigV4({ method: request.method, rawPath, rawQuery, headers, now: grants.now() }, lookupSecret, {
+        signingKeys,
+      });
     } catch (error) {
       // Unknown keys and bad signatures are guesses for the per-source limit; an ended grant's holder is not.
       if (error instanceof S3Error && FAILED_AUTH.has(error.code)) options.limiter.recordFailure(request.ip);
@@ -222,7 +227,8 @@ export function registerS3Gateway(
       }
     } catch (error) {
       if (error instanceof S3Error && error.status < 500 && !reply.sent) {
-        await record({ outcome: error.code, status: error.status });
+        const detail = { ...describe(operation), outcome: error.code, status: error.status };
+        await grants.recordDataAccess(caller.grant, detail, error.code === 'AccessDenied' ? 'data.refused' : `data.${operation.action}`);
       }
       body?.resume();
       throw error;
@@ -240,6 +246,10 @@ export function registerS3Gateway(
   ): Promise<unknown> {
     const info = await store.head(operation.key);
     if (!info) throw new S3Error('NoSuchKey', 404, 'The specified key does not exist.', { Key: operation.key });
+    if (info.realKey !== undefined) {
+      // A symbolic link: the file it leads to must be granted as well.
+      authorize(caller, { ...operation, key: info.realKey }, new URLSearchParams());
+    }
     reply.header('etag', info.etag).header('last-modified', info.lastModified.toUTCString()).header('accept-ranges', 'bytes');
     const precondition = checkConditions(headers, info);
     if (precondition === 304) {
@@ -414,7 +424,13 @@ function sendXml(reply: FastifyReply, status: number, body: string): FastifyRepl
   return reply.status(status).header('content-type', 'application/xml').send(body);
 }
 
-function sendS3Error(request: FastifyRequest, reply: FastifyReply, error: S3Error): FastifyReply {
+/** Whether a raw request URL is the gateway's (`/s3`, `/s3/...`, `/s3?...`). */
+export function isS3Path(rawUrl: string): boolean {
+  return rawUrl === S3_PREFIX || rawUrl.startsWith(`${S3_PREFIX}/`) || rawUrl.startsWith(`${S3_PREFIX}?`);
+}
+
+/** S3's XML error body (and no body for HEAD), with the request id S3 clients log. */
+export function sendS3Error(request: FastifyRequest, reply: FastifyReply, error: S3Error): FastifyReply {
   const resource = (request.raw.url ?? '').split('?')[0] ?? '';
   reply.header('x-amz-request-id', request.id);
   if (request.method === 'HEAD') return reply.status(error.status).send();
