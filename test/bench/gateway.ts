@@ -359,6 +359,8 @@ function report(figures: Figures): string {
       0,
     )}) | ${median(rounds.map((r) => r.msPerRequest)).toFixed(3)} ms | ${median(rounds.map((r) => r.cpuMsPerRequest)).toFixed(3)} ms | ${ms(latency.median)} | ${ms(latency.p99)} |`;
   };
+  const missing = figures.gatewayRequests - (figures.audit.get('data.read') ?? 0);
+  const unaudited = missing === 0 ? '' : `: **${missing} ${missing === 1 ? 'GET' : 'GETs'} served without a \`data.read\` event**`;
   const untracked = untrackedSources();
   const untrackedNote = untracked.length
     ? ` Files under src/ not yet committed were part of what ran: ${untracked.map((file) => `\`${file}\``).join(', ')}.`
@@ -415,7 +417,7 @@ by the SHA-256 of the session token (one SQLite SELECT), the scope and key check
 written per request (one SQLite INSERT, after the response), and the gateway's S3 response
 (Fastify routing, ETag from the object's sidecar directory, Last-Modified, conditional-request
 checks, the stream tracked so that revocation can cut it). Audit events the broker recorded for the
-grant: ${events || 'none'}, for the ${figures.gatewayRequests.toLocaleString('en')} GETs it served in this run (the grant's issue is one more).
+grant: ${events || 'none'}, for the ${figures.gatewayRequests.toLocaleString('en')} GETs it served in this run (the grant's issue is one more)${unaudited}.
 
 ### Where the gateway's time goes
 
