@@ -107,6 +107,9 @@ export type ListResult = {
 
 export type ByteRange = { start: number; end: number };
 
+/** An object opened for a GET or HEAD: described, and read with `stream` at most once or let go with `close`. */
+export type OpenObject = { info: ObjectInfo; stream(range?: ByteRange): Readable; close(): Promise<void> };
+
 export type PartInfo = { partNumber: number; etag: string; size: number; lastModified: Date };
 
 /**
@@ -119,6 +122,8 @@ export interface ObjectBackend {
   list(request: ListRequest): Promise<ListResult>;
   /** undefined when there is no such object (a directory is not an object). */
   head(key: string): Promise<ObjectInfo | undefined>;
+  /** head and read in one: the path is resolved and the file opened once (a GET's hot path). */
+  open(key: string): Promise<OpenObject | undefined>;
   /** The object's bytes, or the inclusive `range` of them; streamed, never buffered whole. */
   read(key: string, range?: ByteRange): Promise<Readable>;
   put(key: string, body: Readable): Promise<ObjectInfo>;

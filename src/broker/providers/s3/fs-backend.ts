@@ -10,6 +10,7 @@ import {
   type ListResult,
   type ObjectBackend,
   type ObjectInfo,
+  type OpenObject,
   type PartInfo,
   S3Error,
 } from './contracts.ts';
@@ -35,6 +36,12 @@ import {
  *     ('a' exists, put 'a/b'): S3 allows both, a filesystem cannot, so 400 InvalidArgument with a
  *     message saying why.
  */
+/** Bytes per read of an object: large objects stream in fewer, bigger chunks (less per-chunk work). */
+const READ_CHUNK = 1 << 20;
+
+/** How many ETags FsBackend remembers. */
+const ETAG_MEMO = 100_000;
+
 export const STAGING_DIR = '.jit-staging';
 export const MAX_KEY_BYTES = 1024;
 export const MAX_PART_NUMBER = 10_000;
@@ -76,6 +83,8 @@ export class FsBackend implements ObjectBackend {
   /** Settles when the start-up removal of day-old staging temp files is done (best effort). */
   readonly staleCleanup: Promise<void>;
   private readonly now: () => number;
+  /** ETags by file identity, so a GET of an unchanged file reads no sidecar. */
+  private readonly etags = new Map<string, string>();
   private rootReal: Promise<string> | undefined;
 
   constructor(root: string, options: FsBackendOptions = {}) {
@@ -130,6 +139,40 @@ export class FsBackend implements ObjectBackend {
     return found && this.info(found.root, key, found.real, found.stats);
   }
 
+  /**
+   * One object for a GET or HEAD: resolved, opened and described once (head + read would resolve
+   * the path twice). The caller reads it with `stream` (at most once) or lets it go with `close`.
+   */
+  async open(key: string): Promise<OpenObject | undefined> {
+    const found = await this.locate(key);
+    if (!found) return undefined;
+    const handle = await open(found.real, 'r').catch((error: unknown) => {
+      if (isMissing(error)) return undefined;
+      throw error;
+    });
+    if (!handle) return undefined;
+    try {
+      const info = await this.info(found.root, key, found.real, found.stats);
+      let used = false;
+      return {
+        info,
+        stream: (range?: ByteRange) => {
+          used = true;
+          return handle.createReadStream({
+            ...(range ? { start: range.start, end: Math.min(range.end, info.size - 1) } : {}),
+            highWaterMark: READ_CHUNK,
+          });
+        },
+        close: async () => {
+          if (!used) await handle.close();
+        },
+      };
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
   async read(key: string, range?: ByteRange): Promise<Readable> {
     const found = await this.locate(key);
     if (!found) throw noSuchKey(key);
@@ -139,14 +182,14 @@ export class FsBackend implements ObjectBackend {
     try {
       const stats = await handle.stat();
       if (!stats.isFile()) throw noSuchKey(key);
-      if (!range) return handle.createReadStream();
+      if (!range) return handle.createReadStream({ highWaterMark: READ_CHUNK });
       if (!Number.isSafeInteger(range.start) || range.start < 0 || range.end < range.start || range.start >= stats.size) {
         throw new S3Error('InvalidRange', 416, 'The requested range is not satisfiable', {
           RangeRequested: `bytes=${range.start}-${range.end}`,
           ActualObjectSize: String(stats.size),
         });
       }
-      return handle.createReadStream({ start: range.start, end: Math.min(range.end, stats.size - 1) });
+      return handle.createReadStream({ start: range.start, end: Math.min(range.end, stats.size - 1), highWaterMark: READ_CHUNK });
     } catch (error) {
       await handle.close();
       throw error;
@@ -346,6 +389,17 @@ export class FsBackend implements ObjectBackend {
    * sidecar directory once instead of trying to open a sidecar for every file.
    */
   private async etagOf(root: string, real: string, stats: BigIntStats, sidecars?: SidecarIndex): Promise<string> {
+    // Remembered per file identity (inode, size, mtime): a file that changes gets a new entry.
+    const identity = `${real}\0${stats.ino}\0${stats.size}\0${stats.mtimeNs}`;
+    const cached = this.etags.get(identity);
+    if (cached !== undefined) return cached;
+    const etag = await this.etagFromDisk(root, real, stats, sidecars);
+    if (this.etags.size >= ETAG_MEMO) this.etags.delete(this.etags.keys().next().value ?? '');
+    this.etags.set(identity, etag);
+    return etag;
+  }
+
+  private async etagFromDisk(root: string, real: string, stats: BigIntStats, sidecars?: SidecarIndex): Promise<string> {
     const relative = relativeInside(root, real) ?? '';
     const where = sidecarLocation(root, relative);
     let known = true;

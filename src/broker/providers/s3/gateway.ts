@@ -40,6 +40,8 @@ export function registerS3Gateway(
   // Signing keys depend on secret, day and region only; lookupSecret still runs every request,
   // so a revoked grant is refused even while its key is cached.
   const signingKeys = new SigningKeyCache();
+  // Access records written after a response ends; the broker waits for them before it closes its store.
+  const audits = new PendingWrites();
   const backends = new Map<string, ObjectBackend>();
   const backend = (bucket: string): ObjectBackend => {
     let found = backends.get(bucket);
@@ -52,6 +54,7 @@ export function registerS3Gateway(
     return found;
   };
 
+  app.addHook('onClose', () => audits.drain());
   app.register(
     async (s3) => {
       // Object bodies are streams the handlers read themselves (and SigV4 checks as they flow).
@@ -244,49 +247,71 @@ export function registerS3Gateway(
     headers: Record<string, string>,
     record: (detail: Record<string, unknown>) => Promise<void>,
   ): Promise<unknown> {
-    const info = await store.head(operation.key);
-    if (!info) throw new S3Error('NoSuchKey', 404, 'The specified key does not exist.', { Key: operation.key });
-    if (info.realKey !== undefined) {
+    const object = await store.open(operation.key);
+    if (!object) throw new S3Error('NoSuchKey', 404, 'The specified key does not exist.', { Key: operation.key });
+    let streaming = false;
+    try {
+      const { info } = object;
       // A symbolic link: the file it leads to must be granted as well.
-      authorize(caller, { ...operation, key: info.realKey }, new URLSearchParams());
-    }
-    reply.header('etag', info.etag).header('last-modified', info.lastModified.toUTCString()).header('accept-ranges', 'bytes');
-    const precondition = checkConditions(headers, info);
-    if (precondition === 304) {
-      await record({ outcome: 'not_modified', status: 304 });
-      return reply.status(304).send();
-    }
-    if (precondition === 412) throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold');
-    const range = headers.range ? parseRange(headers.range, info.size) : undefined;
-    const length = range ? range.end - range.start + 1 : info.size;
-    reply.header('content-type', 'application/octet-stream').header('content-length', length);
-    if (range) reply.header('content-range', `bytes ${range.start}-${range.end}/${info.size}`);
-    const status = range ? 206 : 200;
-    if (request.method === 'HEAD') {
-      await record({ outcome: 'allowed', status, bytes: 0 });
-      return reply.status(status).send();
-    }
-    const stream = await store.read(operation.key, range);
-    const tracked = grants.trackStream(caller.grant.id, stream, length);
-    let sent = 0;
-    tracked.on('data', (chunk: Buffer) => {
-      sent += chunk.length;
-    });
-    reply.raw.once('close', () => {
-      void record({
-        outcome: sent === length ? 'allowed' : 'cut',
-        status,
-        bytes: sent,
-        ...(range ? { range: `${range.start}-${range.end}` } : {}),
+      if (info.realKey !== undefined) authorize(caller, { ...operation, key: info.realKey }, new URLSearchParams());
+      reply.header('etag', info.etag).header('last-modified', info.lastModified.toUTCString()).header('accept-ranges', 'bytes');
+      const precondition = checkConditions(headers, info);
+      if (precondition === 304) {
+        await record({ outcome: 'not_modified', status: 304 });
+        return reply.status(304).send();
+      }
+      if (precondition === 412)
+        throw new S3Error('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold');
+      const range = headers.range ? parseRange(headers.range, info.size) : undefined;
+      const length = range ? range.end - range.start + 1 : info.size;
+      reply.header('content-type', 'application/octet-stream').header('content-length', length);
+      if (range) reply.header('content-range', `bytes ${range.start}-${range.end}/${info.size}`);
+      const status = range ? 206 : 200;
+      if (request.method === 'HEAD') {
+        await record({ outcome: 'allowed', status, bytes: 0 });
+        return reply.status(status).send();
+      }
+      const stream = grants.trackStream(caller.grant.id, object.stream(range), length);
+      streaming = true;
+      // Recorded when the response ends, with the bytes that really went out (a cut transfer says so).
+      reply.raw.once('close', () => {
+        const sent = (stream as Readable & { bytesRead?: number }).bytesRead ?? 0;
+        const done = reply.raw.writableFinished;
+        audits.track(
+          record({
+            outcome: done ? 'allowed' : 'cut',
+            status,
+            bytes: done ? length : Math.min(sent, length),
+            ...(range ? { range: `${range.start}-${range.end}` } : {}),
+          }),
+        );
       });
-    });
-    return reply.status(status).send(tracked);
+      return reply.status(status).send(stream);
+    } finally {
+      if (!streaming) await object.close();
+    }
   }
 
   async function listBuckets(reply: FastifyReply, caller: Caller): Promise<unknown> {
     const buckets = [...new Set(caller.scopes.map((scope) => scope.resource))].filter((name) => config.resources[name]);
     await grants.recordDataAccess(caller.grant, { operation: 'ListBuckets', outcome: 'allowed', status: 200 }, 'data.read');
     return sendXml(reply, 200, xml.listBucketsXml(buckets, new Date(caller.grant.createdAt)));
+  }
+}
+
+/** Writes started after a response ended, awaited on close so none is lost to a shutdown. */
+class PendingWrites {
+  readonly #pending = new Set<Promise<unknown>>();
+
+  track(write: Promise<unknown>): void {
+    const settled = write
+      .catch((error: Error) => process.stderr.write(`jit broker: could not record an S3 access: ${error.message}\n`))
+      .finally(() => this.#pending.delete(settled));
+    this.#pending.add(settled);
+  }
+
+  async drain(): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all(this.#pending);
   }
 }
 
