@@ -39,6 +39,9 @@ import {
 /** Bytes per read of an object: large objects stream in fewer, bigger chunks (less per-chunk work). */
 const READ_CHUNK = 1 << 20;
 
+/** The read size for `length` bytes: big chunks for big objects, no 1 MiB buffer for a 1 KiB one. */
+const chunkFor = (length: number) => Math.max(16 * 1024, Math.min(READ_CHUNK, length));
+
 /** How many ETags FsBackend remembers. */
 const ETAG_MEMO = 100_000;
 
@@ -158,10 +161,14 @@ export class FsBackend implements ObjectBackend {
         info,
         stream: (range?: ByteRange) => {
           used = true;
-          return handle.createReadStream({
-            ...(range ? { start: range.start, end: Math.min(range.end, info.size - 1) } : {}),
-            highWaterMark: READ_CHUNK,
-          });
+          const start = range?.start ?? 0;
+          const end = Math.min(range?.end ?? info.size - 1, info.size - 1);
+          if (end < start) {
+            // An empty object: nothing to read, and createReadStream refuses an end before its start.
+            void handle.close();
+            return Readable.from([]);
+          }
+          return handle.createReadStream({ start, end, highWaterMark: chunkFor(end - start + 1) });
         },
         close: async () => {
           if (!used) await handle.close();
@@ -182,14 +189,16 @@ export class FsBackend implements ObjectBackend {
     try {
       const stats = await handle.stat();
       if (!stats.isFile()) throw noSuchKey(key);
-      if (!range) return handle.createReadStream({ highWaterMark: READ_CHUNK });
+      if (!range)
+        return handle.createReadStream({ start: 0, end: Math.max(0, Number(stats.size) - 1), highWaterMark: chunkFor(Number(stats.size)) });
       if (!Number.isSafeInteger(range.start) || range.start < 0 || range.end < range.start || range.start >= stats.size) {
         throw new S3Error('InvalidRange', 416, 'The requested range is not satisfiable', {
           RangeRequested: `bytes=${range.start}-${range.end}`,
           ActualObjectSize: String(stats.size),
         });
       }
-      return handle.createReadStream({ start: range.start, end: Math.min(range.end, stats.size - 1), highWaterMark: READ_CHUNK });
+      const end = Math.min(range.end, stats.size - 1);
+      return handle.createReadStream({ start: range.start, end, highWaterMark: chunkFor(end - range.start + 1) });
     } catch (error) {
       await handle.close();
       throw error;
