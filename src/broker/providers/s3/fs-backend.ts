@@ -143,41 +143,25 @@ export class FsBackend implements ObjectBackend {
   }
 
   /**
-   * One object for a GET or HEAD: resolved, opened and described once (head + read would resolve
-   * the path twice). The caller reads it with `stream` (at most once) or lets it go with `close`.
+   * One object for a GET or HEAD: resolved and described once (head + read would resolve the path
+   * twice). The caller reads it with `stream` (at most once) or lets it go with `close`.
    */
   async open(key: string): Promise<OpenObject | undefined> {
     const found = await this.locate(key);
     if (!found) return undefined;
-    const handle = await open(found.real, 'r').catch((error: unknown) => {
-      if (isMissing(error)) return undefined;
-      throw error;
-    });
-    if (!handle) return undefined;
-    try {
-      const info = await this.info(found.root, key, found.real, found.stats);
-      let used = false;
-      return {
-        info,
-        stream: (range?: ByteRange) => {
-          used = true;
-          const start = range?.start ?? 0;
-          const end = Math.min(range?.end ?? info.size - 1, info.size - 1);
-          if (end < start) {
-            // An empty object: nothing to read, and createReadStream refuses an end before its start.
-            void handle.close();
-            return Readable.from([]);
-          }
-          return handle.createReadStream({ start, end, highWaterMark: chunkFor(end - start + 1) });
-        },
-        close: async () => {
-          if (!used) await handle.close();
-        },
-      };
-    } catch (error) {
-      await handle.close();
-      throw error;
-    }
+    const info = await this.info(found.root, key, found.real, found.stats);
+    return {
+      info,
+      // The resolved path, opened only if the body is wanted (a HEAD, a 304 or a 412 opens nothing).
+      stream: (range?: ByteRange) => {
+        const start = range?.start ?? 0;
+        const end = Math.min(range?.end ?? info.size - 1, info.size - 1);
+        // An empty object: nothing to read, and createReadStream refuses an end before its start.
+        if (end < start) return Readable.from([]);
+        return createReadStream(found.real, { start, end, highWaterMark: chunkFor(end - start + 1) });
+      },
+      close: async () => {},
+    };
   }
 
   async read(key: string, range?: ByteRange): Promise<Readable> {
