@@ -27,6 +27,14 @@ const UNREACHABLE_SQLSTATE = /^(08|57P)/;
 /** Classes that mean the server refused the admin login or database (28: authorization, 3D: catalog). */
 const REFUSED_SQLSTATE = /^(28|3D)/;
 
+/** The SQL keyword for each privilege; anything else is refused before it reaches SQL. */
+const PRIVILEGE_SQL: Record<TablePrivilege['privilege'], string> = {
+  select: 'SELECT',
+  insert: 'INSERT',
+  update: 'UPDATE',
+  delete: 'DELETE',
+};
+
 type ResolvedTable = { oid: number; columns: Set<string> };
 
 /**
@@ -49,7 +57,9 @@ const escapeRegExp = (text: string) => text.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$
 function globMatcher(glob: string): (schema: string, table: string) => boolean {
   const parts = glob.split('.');
   if (parts.length !== 2 || parts.some((part) => part === '')) {
-    throw new UsageError(`offered table "${glob}" is not a "schema.table" glob (e.g. public.* or sales.orders)`, { code: 'invalid_config' });
+    throw new UsageError(`offered table "${glob}" is not a "schema.table" glob (e.g. public.* or sales.orders)`, {
+      code: 'invalid_config',
+    });
   }
   const [schema, table] = parts.map((part) => new RegExp(`^${part.split('*').map(escapeRegExp).join('.*')}$`, 'u'));
   return (s, t) => Boolean(schema?.test(s) && table?.test(t));
@@ -81,14 +91,17 @@ function grantStatements(privileges: readonly TablePrivilege[], role: string): s
   for (const privilege of privileges) {
     const key = JSON.stringify([privilege.schema, privilege.table, privilege.privilege]);
     const seen = byTable.get(key);
-    const columns = privilege.columns === undefined || (seen && seen.columns === undefined) ? undefined : new Set([...(seen?.columns ?? []), ...privilege.columns]);
+    const columns =
+      privilege.columns === undefined || (seen && seen.columns === undefined)
+        ? undefined
+        : new Set([...(seen?.columns ?? []), ...privilege.columns]);
     byTable.set(key, { privilege, columns });
   }
   return [...byTable.keys()].sort().map((key) => {
     const { privilege, columns } = byTable.get(key) as { privilege: TablePrivilege; columns: Set<string> | undefined };
     const list = columns === undefined ? '' : ` (${[...columns].map((column) => pg.escapeIdentifier(column)).join(', ')})`;
     const table = `${pg.escapeIdentifier(privilege.schema)}.${pg.escapeIdentifier(privilege.table)}`;
-    return `GRANT ${privilege.privilege.toUpperCase()}${list} ON TABLE ${table} TO ${pg.escapeIdentifier(role)}`;
+    return `GRANT ${PRIVILEGE_SQL[privilege.privilege]}${list} ON TABLE ${table} TO ${pg.escapeIdentifier(role)}`;
   });
 }
 
@@ -130,9 +143,15 @@ export class PgRoleManager implements RoleManager {
     await this.#withClient('check the scoped tables', (client) => this.#resolve(client, privileges));
   }
 
-  async create(grantId: string, password: string, privileges: readonly TablePrivilege[], options: { login: boolean; validUntil: Date }): Promise<void> {
+  async create(
+    grantId: string,
+    password: string,
+    privileges: readonly TablePrivilege[],
+    options: { login: boolean; validUntil: Date },
+  ): Promise<void> {
     const role = roleFor(grantId);
-    if (!/^[\x20-\x7e]{1,1000}$/.test(password)) throw new UsageError('a role password must be printable ASCII', { code: 'invalid_request' });
+    if (!/^[\x20-\x7e]{1,1000}$/.test(password))
+      throw new UsageError('a role password must be printable ASCII', { code: 'invalid_request' });
     const validUntil = checkValidity(options.validUntil);
     const verifier = await scramVerifier(password);
     const name = pg.escapeIdentifier(role);
@@ -192,16 +211,22 @@ export class PgRoleManager implements RoleManager {
         await client.query(`DROP OWNED BY ${name}`);
         await client.query(`DROP ROLE IF EXISTS ${name}`);
       });
-      return [`login disabled for role ${role}`, `${plural(terminated, 'session')} terminated`, 'privileges revoked', `role ${role} dropped`];
+      return [
+        `login disabled for role ${role}`,
+        `${plural(terminated, 'session')} terminated`,
+        'privileges revoked',
+        `role ${role} dropped`,
+      ];
     });
   }
 
   async listRoles(): Promise<string[]> {
     const pattern = `${ROLE_PREFIX.replace(/[\\%_]/g, '\\$&')}%`;
     return this.#withClient('list grant roles', async (client) => {
-      const result = await client.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ESCAPE '\\' ORDER BY rolname", [
-        pattern,
-      ]);
+      const result = await client.query<{ rolname: string }>(
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ESCAPE '\\' ORDER BY rolname",
+        [pattern],
+      );
       return result.rows.map((row) => row.rolname);
     });
   }
@@ -218,12 +243,16 @@ export class PgRoleManager implements RoleManager {
   async #resolve(client: pg.PoolClient, privileges: readonly TablePrivilege[]): Promise<Map<string, ResolvedTable>> {
     const offered = this.#offered.map((entry) => entry.glob).join(', ');
     for (const { schema, table, columns, privilege } of privileges) {
+      if (!Object.hasOwn(PRIVILEGE_SQL, privilege))
+        throw new UsageError(`"${privilege}" is not a table privilege`, { code: 'invalid_scope' });
       if (columns !== undefined && privilege === 'delete') {
         throw new UsageError(`delete on ${schema}.${table} cannot name columns: a row is deleted whole`, { code: 'invalid_scope' });
       }
       if (columns?.length === 0) throw new UsageError(`the column list for ${schema}.${table} is empty`, { code: 'invalid_scope' });
       if (!this.#offered.some((entry) => entry.matches(schema, table))) {
-        throw new UsageError(`table ${schema}.${table} is not offered by this resource (offered: ${offered})`, { code: 'table_not_offered' });
+        throw new UsageError(`table ${schema}.${table} is not offered by this resource (offered: ${offered})`, {
+          code: 'table_not_offered',
+        });
       }
     }
     const result = await client.query<{ schema: string; table: string; oid: number; columns: string[] | null }>(
@@ -236,10 +265,13 @@ export class PgRoleManager implements RoleManager {
         GROUP BY n.nspname, c.relname, c.oid`,
       [privileges.map((privilege) => privilege.schema), privileges.map((privilege) => privilege.table), TABLE_KINDS],
     );
-    const tables = new Map(result.rows.map((row) => [`${row.schema}.${row.table}`, { oid: Number(row.oid), columns: new Set(row.columns ?? []) }]));
+    const tables = new Map(
+      result.rows.map((row) => [`${row.schema}.${row.table}`, { oid: Number(row.oid), columns: new Set(row.columns ?? []) }]),
+    );
     for (const { schema, table, columns } of privileges) {
       const found = tables.get(`${schema}.${table}`);
-      if (!found) throw new UsageError(`table ${schema}.${table} does not exist in ${this.#where} (offered: ${offered})`, { code: 'unknown_table' });
+      if (!found)
+        throw new UsageError(`table ${schema}.${table} does not exist in ${this.#where} (offered: ${offered})`, { code: 'unknown_table' });
       const missing = columns?.find((column) => !found.columns.has(column));
       if (missing !== undefined) {
         throw new UsageError(`table ${schema}.${table} has no column "${missing}" (columns: ${[...found.columns].join(', ')})`, {
@@ -254,7 +286,12 @@ export class PgRoleManager implements RoleManager {
    * INSERT into a table with a serial column calls nextval() on the column's sequence, which needs
    * USAGE on it (identity columns need nothing). Only sequences owned by the granted tables.
    */
-  async #grantSerialSequences(client: pg.PoolClient, privileges: readonly TablePrivilege[], tables: Map<string, ResolvedTable>, name: string): Promise<void> {
+  async #grantSerialSequences(
+    client: pg.PoolClient,
+    privileges: readonly TablePrivilege[],
+    tables: Map<string, ResolvedTable>,
+    name: string,
+  ): Promise<void> {
     const oids = privileges.filter((privilege) => privilege.privilege === 'insert').map((p) => tables.get(`${p.schema}.${p.table}`)?.oid);
     if (oids.length === 0) return;
     const sequences = await client.query<{ schema: string; sequence: string }>(
@@ -303,13 +340,22 @@ export class PgRoleManager implements RoleManager {
     const deadline = Date.now() + SESSION_EXIT_MS;
     for (;;) {
       // pg_terminate_backend(pid, timeout) waits up to timeout ms for the backend to exit.
-      const result = await client.query<{ pid: number }>('SELECT pid, pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1', [role]);
+      const result = await client.query<{ pid: number }>(
+        'SELECT pid, pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1',
+        [role],
+      );
       if (result.rows.length === 0) return terminated.size;
       for (const row of result.rows) terminated.add(row.pid);
       if (Date.now() > deadline) {
-        throw new JitError(`${plural(result.rows.length, 'session')} of role ${role} did not end after termination; login is disabled`, ExitCode.unexpected, 503, 'role_sessions_survive', {
-          hint: 'the revocation is retried; check pg_stat_activity for backends stuck in I/O',
-        });
+        throw new JitError(
+          `${plural(result.rows.length, 'session')} of role ${role} did not end after termination; login is disabled`,
+          ExitCode.unexpected,
+          503,
+          'role_sessions_survive',
+          {
+            hint: 'the revocation is retried; check pg_stat_activity for backends stuck in I/O',
+          },
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
@@ -357,7 +403,9 @@ export class PgRoleManager implements RoleManager {
     }
     if (error instanceof pg.DatabaseError && !UNREACHABLE_SQLSTATE.test(error.code ?? '')) {
       if (error.code === '42710') return new ConflictError(`could not ${doing}: ${error.message}`, { code: 'role_exists', cause: error });
-      return new JitError(`could not ${doing} in ${this.#where}: ${error.message}`, ExitCode.unexpected, 500, 'database_error', { cause: error });
+      return new JitError(`could not ${doing} in ${this.#where}: ${error.message}`, ExitCode.unexpected, 500, 'database_error', {
+        cause: error,
+      });
     }
     const reason = (error as NodeJS.ErrnoException).code ?? error.message;
     return new BrokerUnreachableError(`cannot reach ${this.#where} to ${doing} (${reason})`, {
