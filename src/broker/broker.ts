@@ -7,6 +7,7 @@ import { buildApi } from './api/server.ts';
 import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
 import { BROKER_HOST, PrincipalService } from './principals/service.ts';
+import { TableProvider } from './providers/postgres/provider.ts';
 import { openStore } from './store/index.ts';
 
 export const CONFIG_FILE = 'broker.yaml';
@@ -47,7 +48,7 @@ export async function initBroker(
   const yaml = initialConfigYaml(subject, options);
   const config = parseBrokerConfig(yaml, configFile);
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  for (const resource of Object.values(config.resources)) await mkdir(resource.root, { recursive: true });
+  for (const resource of Object.values(config.resources)) if (resource.kind === 'files') await mkdir(resource.root, { recursive: true });
   const store = await openStore(config);
   let token: string;
   try {
@@ -63,6 +64,7 @@ export async function initBroker(
 /** A resource whose root is missing is a config error at start, not an HTTP 500 at first use. */
 export async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
   for (const [name, resource] of Object.entries(config.resources)) {
+    if (resource.kind !== 'files') continue;
     const isDirectory = await stat(resource.root).then(
       (stats) => stats.isDirectory(),
       () => false,
@@ -84,13 +86,15 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const store = await openStore(config);
   let url = '';
   const clock = options.clock ?? systemClock;
-  const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url });
+  const tables = TableProvider.configured(config) ? new TableProvider(config) : undefined;
+  const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url, tables });
   const principals = new PrincipalService({ store, clock });
   const app = buildApi({ config, grants, principals, version: VERSION });
   try {
     await app.listen({ host: options.host, port: options.port });
   } catch (error) {
     await store.close();
+    await tables?.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       throw new UsageError(`cannot listen on ${options.host}:${options.port} (${code})`, {
@@ -106,6 +110,10 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
   url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
+  // Roles left by a crash are dropped at start, then every minute by the sweeper.
+  if (tables) {
+    grants.reconcileNow().catch((error: Error) => process.stderr.write(`jit broker: role reconciliation failed: ${error.message}\n`));
+  }
   const sweeper = setInterval(() => {
     grants.sweep().catch((error: Error) => process.stderr.write(`jit broker: expiry sweep failed: ${error.message}\n`));
   }, config.sweepIntervalSeconds * 1000);
@@ -121,7 +129,9 @@ export async function startBroker(options: { dir: string; host: string; port: nu
       closing ??= (async () => {
         clearInterval(sweeper);
         await app.close();
+        await grants.sweeping();
         await store.close();
+        await tables?.close();
       })();
       return closing;
     },

@@ -11,7 +11,28 @@ import { resolveStoreConfig, type StoreConfig, storeSchema } from './store/confi
 
 /** broker.yaml, validated once at start-up (docs/broker-config.md). Durations are kept in seconds. */
 export type FilesResource = { kind: 'files'; root: string };
-export type Resource = FilesResource;
+/**
+ * A PostgreSQL database whose tables grants reach through per-grant roles (docs/postgres.md). The
+ * admin connection URL is a secret: it comes from the variable `urlEnv` names or the file `urlFile`
+ * holds, never from broker.yaml itself. `tables` are the "schema.table" globs it may hand out.
+ */
+export type PostgresResource = {
+  kind: 'postgres';
+  urlEnv: string | undefined;
+  urlFile: string | undefined;
+  tables: string[];
+  connectionLimit: number;
+  /** Where jobs connect, when not where the broker does (the admin URL's host and port). */
+  host: string | undefined;
+  port: number | undefined;
+};
+export type Resource = FilesResource | PostgresResource;
+
+/** The actions each kind of resource has. */
+export const ACTIONS_BY_KIND: Record<Resource['kind'], readonly string[]> = {
+  files: FILES_ACTIONS,
+  postgres: ['select', 'insert', 'update', 'delete'],
+};
 
 /** Who must approve before a grant is issued (docs/policy.md#approval). */
 export type Approval = { required: boolean; approvers: string[]; count: number };
@@ -113,7 +134,35 @@ const schema = z
     store: storeSchema,
     resources: z.record(
       z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
-      z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
+      z.discriminatedUnion('kind', [
+        z.strictObject({ kind: z.literal('files'), root: z.string().min(1) }),
+        z
+          .strictObject({
+            kind: z.literal('postgres'),
+            urlEnv: z
+              .string()
+              .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'urlEnv is the name of an environment variable, such as JIT_WAREHOUSE_ADMIN_URL')
+              .optional(),
+            urlFile: z.string().min(1).optional(),
+            tables: z
+              .array(
+                z
+                  .string()
+                  .regex(
+                    /^[A-Za-z_*][A-Za-z0-9_*]*\.[A-Za-z_*][A-Za-z0-9_*]*$/,
+                    'a table is "schema.table"; "*" matches within a name, e.g. public.*',
+                  ),
+              )
+              .min(1, 'list the tables it may hand out, e.g. ["public.*"]'),
+            connectionLimit: z.number().int().min(1).max(1000).default(5),
+            host: z.string().min(1).optional(),
+            port: z.number().int().min(1).max(65535).optional(),
+          })
+          .refine((resource) => (resource.urlEnv === undefined) !== (resource.urlFile === undefined), {
+            message: 'a postgres resource needs exactly one of urlEnv and urlFile (the admin URL is a secret, never in broker.yaml)',
+            path: ['urlEnv'],
+          }),
+      ]),
     ),
     policy: z.strictObject({
       groups: z
@@ -186,9 +235,17 @@ const schema = z
           );
         }
       });
-      const unknownAction = rule.actions.find((action) => !(FILES_ACTIONS as readonly string[]).includes(action));
+      // An action must apply to the kind of some resource the rule's scopes name.
+      const kinds = [
+        ...new Set(rule.scopes.map((pattern) => config.resources[pattern.split('/')[0] ?? '']?.kind).filter((kind) => kind !== undefined)),
+      ];
+      const allowed = [...new Set(kinds.flatMap((kind) => ACTIONS_BY_KIND[kind]))];
+      const unknownAction = kinds.length === 0 ? undefined : rule.actions.find((action) => !allowed.includes(action));
       if (unknownAction !== undefined) {
-        issue([...at, 'actions'], `action "${unknownAction}" does not apply to files resources (they have: ${FILES_ACTIONS.join(', ')})`);
+        issue(
+          [...at, 'actions'],
+          `action "${unknownAction}" does not apply to ${kinds.join(' or ')} resources (they have: ${allowed.join(', ')})`,
+        );
       }
     };
     const seen = new Map<string, string>();
@@ -290,7 +347,20 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     approvalTimeoutSeconds: config.grants.approvalTimeout,
     store: resolveStoreConfig(config.store, dir),
     resources: Object.fromEntries(
-      Object.entries(config.resources).map(([name, resource]) => [name, { kind: resource.kind, root: path.resolve(dir, resource.root) }]),
+      Object.entries(config.resources).map(([name, resource]): [string, Resource] => [
+        name,
+        resource.kind === 'files'
+          ? { kind: 'files', root: path.resolve(dir, resource.root) }
+          : {
+              kind: 'postgres',
+              urlEnv: resource.urlEnv,
+              urlFile: resource.urlFile === undefined ? undefined : path.resolve(dir, resource.urlFile),
+              tables: resource.tables,
+              connectionLimit: resource.connectionLimit,
+              host: resource.host,
+              port: resource.port,
+            },
+      ]),
     ),
     rules,
     deny: config.policy.deny,

@@ -33,6 +33,8 @@ export type GrantView = {
   endReason: string | null;
   /** null for a grant whose policy needed no approval. */
   approval: ApprovalView | null;
+  /** "pending" while an ended grant's database role is still to be dropped (retried until done). */
+  deprovision?: 'pending';
 };
 
 /** What `POST /v1/grants` returns once: the grant plus its credential and the job's environment. */
@@ -48,4 +50,6 @@ export type RevocationReceipt = {
   revokedAt: string | null;
   alreadyEnded: boolean;
   actions: string[];
+  /** Set when the grant's provider cleanup (its database role) could not be done yet: it is retried until done. */
+  deprovision?: 'pending';
 };

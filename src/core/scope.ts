@@ -3,10 +3,11 @@ import { UsageError } from './errors.ts';
 /**
  * The scope grammar (docs/scopes.md), parsed in this one place for the CLI and the broker:
  *
- *   scope    = resource [ "/" path ] [ ":" action ]
+ *   scope    = resource [ "/" path [ "(" column *( "," column ) ")" ] ] [ ":" action ]
  *   resource = lowercase letter, then lowercase letters, digits, "-" or "_" (at most 63)
  *   path     = segment *( "/" segment ); a segment is letters, digits, ".", "-", "_", "=", "@", "+"
  *              and is never "." or ".."
+ *   column   = a SQL name (letter or "_", then letters, digits, "_"), for table scopes
  *   action   = what the grant allows on it; `read` when left out
  */
 export type Scope = {
@@ -14,6 +15,8 @@ export type Scope = {
   /** Sub-path inside the resource, without leading or trailing "/"; "" for the whole resource. */
   path: string;
   action: string;
+  /** Columns of a table scope (`warehouse/public.customers(id,email):select`); undefined for all. */
+  columns?: string[];
 };
 
 export const DEFAULT_ACTION = 'read';
@@ -21,12 +24,27 @@ export const DEFAULT_ACTION = 'read';
 const RESOURCE = /^[a-z][a-z0-9_-]{0,62}$/;
 const SEGMENT = /^[A-Za-z0-9._=@+-]+$/;
 const ACTION = /^[A-Za-z][A-Za-z0-9 _/.{}*-]*$/;
+const COLUMN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/** Splits "path(col,col)" into the path and its column list (undefined when there is none). */
+function splitColumns(target: string): { target: string; columns: string[] | undefined } {
+  const open = target.indexOf('(');
+  if (open === -1 || !target.endsWith(')')) return { target, columns: undefined };
+  return { target: target.slice(0, open), columns: target.slice(open + 1, -1).split(',') };
+}
 
 function problemWith(text: string): string | undefined {
   if (text.trim() === '') return 'it is empty';
   const colon = text.indexOf(':');
-  const target = colon === -1 ? text : text.slice(0, colon);
+  const { target, columns } = splitColumns(colon === -1 ? text : text.slice(0, colon));
   const action = colon === -1 ? DEFAULT_ACTION : text.slice(colon + 1);
+  if (columns !== undefined) {
+    if (!target.includes('/')) return 'a column list follows a table, e.g. warehouse/public.customers(id,email)';
+    for (const column of columns) {
+      if (!COLUMN.test(column)) return column === '' ? 'the column list has an empty name' : `"${column}" is not a column name`;
+    }
+    if (new Set(columns).size !== columns.length) return 'the column list names a column twice';
+  }
   const [resource = '', ...segments] = target.split('/');
   if (!RESOURCE.test(resource)) return `"${resource}" is not a resource name (lowercase letters, digits, "-", "_"; starting with a letter)`;
   for (const segment of segments) {
@@ -64,17 +82,19 @@ export function parseScope(text: string): Scope {
     });
   }
   const colon = text.indexOf(':');
-  const target = colon === -1 ? text : text.slice(0, colon);
+  const { target, columns } = splitColumns(colon === -1 ? text : text.slice(0, colon));
   const slash = target.indexOf('/');
   return {
     resource: slash === -1 ? target : target.slice(0, slash),
     path: slash === -1 ? '' : target.slice(slash + 1),
     action: colon === -1 ? DEFAULT_ACTION : text.slice(colon + 1),
+    ...(columns ? { columns } : {}),
   };
 }
 
 export function formatScope(scope: Scope): string {
-  const target = scope.path ? `${scope.resource}/${scope.path}` : scope.resource;
+  const base = scope.path ? `${scope.resource}/${scope.path}` : scope.resource;
+  const target = scope.columns ? `${base}(${scope.columns.join(',')})` : base;
   return scope.action === DEFAULT_ACTION ? target : `${target}:${scope.action}`;
 }
 

@@ -16,7 +16,7 @@ export function job(name: string, ...args: string[]): string[] {
  * JIT_BROKER_URL and JIT_TOKEN, and the real keychain. Undefined when the test was skipped for
  * want of a keychain (see realKeychain). Everything is removed when the test ends.
  */
-export async function setUp(t: TestContext, broker: { heartbeatTimeout?: string } = {}): Promise<Places | undefined> {
+export async function setUp(t: TestContext, broker: Parameters<typeof startTestBroker>[0] = {}): Promise<Places | undefined> {
   const keychain = await realKeychain(t);
   if (!keychain) return undefined;
   const testBroker = await startTestBroker(broker);

@@ -46,6 +46,8 @@ export async function startTestBroker(
     policy?: string;
     /** broker.yaml trustedProxies. */
     trustedProxies?: string[];
+    /** More resources, as YAML lines indented under `resources:` (e.g. a postgres resource). */
+    resources?: string;
     approvalTimeout?: string;
   } = {},
 ): Promise<TestBroker> {
@@ -62,6 +64,11 @@ export async function startTestBroker(
     if (options.policy !== undefined) yaml = `${yaml.slice(0, yaml.indexOf('\npolicy:'))}\n${options.policy}`;
     if (options.approvalTimeout !== undefined) yaml = yaml.replace(/approvalTimeout: \S+/, `approvalTimeout: ${options.approvalTimeout}`);
     await writeFile(configFile, yaml);
+  }
+  if (options.resources) {
+    const configFile = path.join(dir, 'broker.yaml');
+    const yaml = await readFile(configFile, 'utf8');
+    await writeFile(configFile, yaml.replace(/\nresources:\n/, `\nresources:\n${options.resources.replace(/\n?$/, '\n')}`));
   }
   if (options.trustedProxies) {
     const configFile = path.join(dir, 'broker.yaml');

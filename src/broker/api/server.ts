@@ -256,7 +256,8 @@ export function buildApi(options: {
     try {
       const [resourceName, ...segments] = splitRequestPath(rawPath);
       const resource = resourceName === undefined ? undefined : config.resources[resourceName];
-      if (!resourceName || !resource) throw new UsageError(`unknown files resource "${resourceName ?? ''}"`, { code: 'unknown_resource' });
+      if (!resourceName || resource?.kind !== 'files')
+        throw new UsageError(`unknown files resource "${resourceName ?? ''}"`, { code: 'unknown_resource' });
       Object.assign(access, { resource: resourceName, path: segments.join('/') });
       const granted = scopes.filter((scope) => scope.resource === resourceName && scope.action === 'read');
       const target = await resolveGrantedPath(resource.root, segments, granted);

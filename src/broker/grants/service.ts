@@ -8,6 +8,7 @@ import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig } from '../config.ts';
 import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
+import type { TableProvider } from '../providers/postgres/provider.ts';
 import { checkScope } from '../resources.ts';
 import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
 import { allMet, describeRequirements, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
@@ -27,6 +28,10 @@ export type GrantRequest = { scopes: string[]; ttlSeconds?: number; reason?: str
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
+/** Capped exponential back-off for cleanup retries: 2 s, 4 s, 8 s, ... up to 5 minutes. */
+const backoffMs = (attempt: number) => Math.min(300_000, 1000 * 2 ** attempt);
+const RECONCILE_EVERY_MS = 60_000;
+
 /** The policy decision a grant was made under, as stored with it. */
 const parseDecision = (grant: GrantRecord): Decision => JSON.parse(grant.decision) as Decision;
 
@@ -39,14 +44,18 @@ export class GrantService {
   readonly #store: BrokerStore;
   readonly #clock: Clock;
   readonly #publicUrl: () => string;
+  /** The postgres provider, when the broker has postgres resources. */
+  readonly #tables: TableProvider | undefined;
+  #lastReconcile = 0;
   readonly #streams = new Map<string, Map<Readable, number>>();
   #sweeping: Promise<number> | undefined;
 
-  constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string }) {
+  constructor(options: { config: BrokerConfig; store: BrokerStore; clock: Clock; publicUrl: () => string; tables?: TableProvider }) {
     this.#config = options.config;
     this.#store = options.store;
     this.#clock = options.clock;
     this.#publicUrl = options.publicUrl;
+    this.#tables = options.tables;
   }
 
   /**
@@ -79,13 +88,25 @@ export class GrantService {
       activatedAt: pending ? null : now,
       approvalDeadline,
     };
-    await this.#store.insertGrant(record, {
-      at: now,
-      type: pending ? 'grant.requested' : 'grant.issued',
-      subject,
-      grantId: record.id,
-      detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
-    });
+    // A table grant's role exists before the grant is recorded (NOLOGIN while pending); if
+    // recording fails it is dropped, and if the broker dies in between the reconciler drops it.
+    const tableResources = this.#tableResources(scopes);
+    const tableEnv =
+      this.#tables && tableResources.length > 0
+        ? await this.#tables.provision(record.id, scopes, { login: !pending, validUntil: new Date(pending ? now : record.expiresAt) })
+        : {};
+    try {
+      await this.#store.insertGrant(record, {
+        at: now,
+        type: pending ? 'grant.requested' : 'grant.issued',
+        subject,
+        grantId: record.id,
+        detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
+      });
+    } catch (error) {
+      await this.#tables?.deprovision(record.id, tableResources).catch(() => undefined);
+      throw error;
+    }
     // A new grant has no reviews yet: its view needs no store read.
     const approval =
       approvalDeadline === null
@@ -95,7 +116,12 @@ export class GrantService {
             requirements: requirements.map((requirement) => ({ ...requirement, approvedBy: [] })),
             deniedBy: null,
           };
-    return { ...this.view(record, approval), credential, env: filesEnv(this.#publicUrl(), credential, record) };
+    const fileScopes = record.scopes.filter((scope) => this.#config.resources[parseScope(scope).resource]?.kind === 'files');
+    const env = {
+      ...(fileScopes.length > 0 ? filesEnv(this.#publicUrl(), credential, { id: record.id, scopes: fileScopes }) : {}),
+      ...tableEnv,
+    };
+    return { ...this.view(record, approval), credential, env };
   }
 
   async get(subject: string, id: string): Promise<GrantView> {
@@ -154,9 +180,17 @@ export class GrantService {
       };
     }
     this.#cutStreams(id);
-    const actions = ['credential refused by the files endpoint', 'open transfers cut'];
+    const actions = ['credential refused by the data plane', 'open transfers cut'];
     await this.#audit('grant.revoked', ended, { by: subject, actions });
-    return { id, state: ended.state, revokedAt: iso(now), alreadyEnded: false, actions };
+    const cleanup = await this.#ended(ended);
+    return {
+      id,
+      state: ended.state,
+      revokedAt: iso(now),
+      alreadyEnded: false,
+      actions: [...actions, ...cleanup.actions],
+      ...(cleanup.pending ? { deprovision: 'pending' as const } : {}),
+    };
   }
 
   /** A pending request withdrawn (`jit revoke` on it, Ctrl-C while `jit run` waits). */
@@ -165,7 +199,14 @@ export class GrantService {
     // Approved, denied or timed out meanwhile: revoke what it became.
     if (!ended) return this.revoke(subject, grant.id, options);
     await this.#audit('grant.cancelled', ended, { by: subject });
-    return { id: grant.id, state: 'cancelled', revokedAt: iso(now), alreadyEnded: false, actions: ['request withdrawn'] };
+    const cleanup = await this.#ended(ended);
+    return {
+      id: grant.id,
+      state: 'cancelled',
+      revokedAt: iso(now),
+      alreadyEnded: false,
+      actions: ['request withdrawn', ...cleanup.actions],
+    };
   }
 
   /** Pending requests `reviewer` may approve or deny and has not reviewed yet, oldest first. */
@@ -193,6 +234,9 @@ export class GrantService {
     if (allMet(status)) {
       const activated = await this.#store.activateGrant(id, { activatedAt: now, expiresAt: now + grant.ttlSeconds * 1000 });
       if (activated) {
+        await this.#providerStep(activated, 'activate', (resources) =>
+          this.#tables?.setValidity(id, resources, { login: true, validUntil: new Date(activated.expiresAt) }),
+        );
         await this.#audit('grant.activated', activated, {
           approvedBy: [...new Set(status.flatMap((requirement) => requirement.approvedBy))],
           expiresAt: iso(activated.expiresAt),
@@ -208,7 +252,10 @@ export class GrantService {
     const now = this.#clock.now();
     await this.#recordVerdict(grant, { approver: reviewer, verdict: 'deny', reason, at: now });
     const ended = await this.#store.endGrant(id, 'denied', `denied by ${reviewer}: ${reason}`, now, 'pending');
-    if (ended) await this.#audit('grant.denied', ended, { by: reviewer, reason });
+    if (ended) {
+      await this.#audit('grant.denied', ended, { by: reviewer, reason });
+      await this.#ended(ended);
+    }
     return this.#view((await this.#store.getGrant(id)) ?? grant);
   }
 
@@ -255,10 +302,114 @@ export class GrantService {
     return { grant: current, requirements };
   }
 
+  #tableResources(scopes: readonly Scope[]): string[] {
+    return this.#tables?.resourcesOf(scopes) ?? [];
+  }
+
+  /**
+   * What a grant's end does beyond the store: its database role dropped, its sessions terminated.
+   * A drop that fails (the database is down) is saved and retried with capped back-off by the
+   * sweeper, never abandoned; meanwhile the grant shows `deprovision: "pending"`.
+   */
+  async #ended(grant: GrantRecord): Promise<{ actions: string[]; pending: boolean }> {
+    const resources = this.#tableResources(grant.scopes.map(parseScope));
+    if (!this.#tables || resources.length === 0) return { actions: [], pending: false };
+    try {
+      const actions = await this.#tables.deprovision(grant.id, resources);
+      await this.#audit('grant.deprovisioned', grant, { resources, actions, attempt: 1 });
+      return { actions, pending: false };
+    } catch (error) {
+      const now = this.#clock.now();
+      const message = (error as Error).message;
+      const nextAttemptAt = now + backoffMs(1);
+      await this.#store.saveDeprovision({
+        grantId: grant.id,
+        resources,
+        attempts: 1,
+        nextAttemptAt,
+        lastError: message,
+        createdAt: now,
+        doneAt: null,
+      });
+      await this.#audit('grant.deprovision_failed', grant, { resources, error: message, attempt: 1, nextAttemptAt: iso(nextAttemptAt) });
+      return { actions: [`dropping its database role is pending (${message}); retried until done`], pending: true };
+    }
+  }
+
+  /** Retries the cleanups that are due, each claimed by one replica; back-off doubles up to 5 minutes. */
+  async #retryDeprovisions(now: number): Promise<void> {
+    if (!this.#tables) return;
+    for (const due of await this.#store.claimDeprovisions(now, now + 60_000, 50)) {
+      const grant = await this.#store.getGrant(due.grantId);
+      const attempt = due.attempts + 1;
+      try {
+        const actions = await this.#tables.deprovision(due.grantId, due.resources);
+        await this.#store.saveDeprovision({ ...due, attempts: attempt, lastError: null, doneAt: this.#clock.now() });
+        if (grant) await this.#audit('grant.deprovisioned', grant, { resources: due.resources, actions, attempt });
+      } catch (error) {
+        const message = (error as Error).message;
+        const nextAttemptAt = this.#clock.now() + backoffMs(attempt);
+        await this.#store.saveDeprovision({ ...due, attempts: attempt, nextAttemptAt, lastError: message });
+        if (grant) {
+          await this.#audit('grant.deprovision_failed', grant, {
+            resources: due.resources,
+            error: message,
+            attempt,
+            nextAttemptAt: iso(nextAttemptAt),
+          });
+        }
+      }
+    }
+  }
+
+  /** Every minute: drops database roles whose grant is not live (orphans of crashes); see TableProvider.reconcile. */
+  async #reconcile(now: number): Promise<void> {
+    if (!this.#tables || now - this.#lastReconcile < RECONCILE_EVERY_MS) return;
+    this.#lastReconcile = now;
+    const dropped = await this.#tables.reconcile(async (grantId) => {
+      const grant = await this.#store.getGrant(grantId);
+      return grant?.state === 'active' || grant?.state === 'pending';
+    }, now);
+    if (dropped.length > 0) {
+      await this.#store.appendEvent({
+        at: now,
+        type: 'provider.orphans_dropped',
+        subject: null,
+        grantId: null,
+        detail: { roles: dropped },
+      });
+    }
+  }
+
+  /** Resolves when no sweep is running (the broker waits for one before closing its store). */
+  async sweeping(): Promise<void> {
+    await this.#sweeping?.catch(() => undefined);
+  }
+
+  /** Runs the reconciler now (broker start; tests). */
+  async reconcileNow(): Promise<void> {
+    this.#lastReconcile = 0;
+    await this.#reconcile(this.#clock.now());
+  }
+
+  /** A provider step of activation or renewal; a failure is audited (the grant itself stands). */
+  async #providerStep(grant: GrantRecord, step: string, run: (resources: string[]) => Promise<void> | undefined): Promise<void> {
+    const resources = this.#tableResources(grant.scopes.map(parseScope));
+    if (resources.length === 0) return;
+    try {
+      await run(resources);
+    } catch (error) {
+      await this.#audit('grant.provider_error', grant, { step, resources, error: (error as Error).message });
+    }
+  }
+
   /** Ends a pending grant past its approval deadline as the sweeper would; returns its state now. */
   async #timeOut(grant: GrantRecord, now: number): Promise<GrantRecord> {
     const ended = await this.#store.endGrant(grant.id, 'timed-out', 'approval timeout', now, 'pending');
-    if (ended) await this.#audit('grant.timed-out', ended, { reason: ended.endReason, by: 'system' });
+    if (ended) {
+      await this.#audit('grant.timed-out', ended, { reason: ended.endReason, by: 'system' });
+      await this.#ended(ended);
+    }
     return ended ?? (await this.#store.getGrant(grant.id)) ?? grant;
   }
 
@@ -305,6 +456,9 @@ export class GrantService {
       const ended = (await this.#store.getGrant(id)) ?? current;
       throw new ConflictError(`grant ${id} is ${ended.state}`, { code: 'grant_ended', hint: 'request a new grant' });
     }
+    await this.#providerStep(renewed, 'renew', (resources) =>
+      this.#tables?.setValidity(id, resources, { login: true, validUntil: new Date(renewed.expiresAt) }),
+    );
     await this.#audit('grant.renewed', renewed, {
       by: subject,
       from: iso(current.expiresAt),
@@ -343,8 +497,13 @@ export class GrantService {
           detail: { reason: grant.endReason, by: 'system' },
         })),
       );
+      for (const grant of [...expired, ...abandoned]) await this.#ended(grant);
       total += expired.length + abandoned.length;
-      if (expired.length < EXPIRE_BATCH && abandoned.length < EXPIRE_BATCH) return total;
+      if (expired.length < EXPIRE_BATCH && abandoned.length < EXPIRE_BATCH) {
+        await this.#retryDeprovisions(now);
+        await this.#reconcile(now);
+        return total;
+      }
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
@@ -360,6 +519,7 @@ export class GrantService {
     if (!ended) return;
     this.#cutStreams(ended.id);
     await this.#audit('grant.expired', ended, { reason: ended.endReason });
+    await this.#ended(ended);
   }
 
   /** The broker's clock, epoch ms (what SigV4's clock-skew window is judged by). */
@@ -456,15 +616,18 @@ export class GrantService {
    * with what was asked and why it was refused: every decision is on the trail.
    */
   #decide(subject: string, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
-    return this.#audited(subject, request, () => {
+    return this.#audited(subject, request, async () => {
       const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
-      return { scopes, decision: evaluate(this.#config, { subject }, scopes, request.ttlSeconds) };
+      const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
+      // Tables and columns must exist and be offered: refused before any role is created.
+      if (this.#tableResources(scopes).length > 0) await this.#tables?.check(scopes);
+      return { scopes, decision };
     });
   }
 
-  async #audited<T>(subject: string, request: GrantRequest, decide: () => T): Promise<T> {
+  async #audited<T>(subject: string, request: GrantRequest, decide: () => T | Promise<T>): Promise<T> {
     try {
-      return decide();
+      return await decide();
     } catch (error) {
       if (error instanceof JitError) {
         await this.#store.appendEvent({
@@ -487,15 +650,22 @@ export class GrantService {
 
   /** The grant as the API shows it, with where its approval stands when it needed one. */
   async #view(grant: GrantRecord): Promise<GrantView> {
+    // An ended table grant whose role is not dropped yet says so (docs/postgres.md#revocation).
+    const cleanup =
+      grant.endedAt !== null && this.#tableResources(grant.scopes.map(parseScope)).length > 0
+        ? await this.#store.getDeprovision(grant.id)
+        : undefined;
+    const extra = cleanup && cleanup.doneAt === null ? { deprovision: 'pending' as const } : {};
     const requirements = requirementsOf(parseDecision(grant));
-    if (requirements.length === 0) return this.view(grant);
+    if (requirements.length === 0) return { ...this.view(grant), ...extra };
     const verdicts = await this.#store.listApprovals(grant.id);
     const denial = verdicts.find((verdict) => verdict.verdict === 'deny');
-    return this.view(grant, {
+    const approval = {
       deadline: iso(grant.approvalDeadline ?? grant.createdAt),
       requirements: statusOf(requirements, verdicts, grant.subject, this.#config),
       deniedBy: denial ? { approver: denial.approver, reason: denial.reason } : null,
-    });
+    };
+    return { ...this.view(grant, approval), ...extra };
   }
 
   /** The grant as the API shows it; `approval` as #view worked it out (it needs the store). */

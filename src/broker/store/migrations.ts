@@ -162,6 +162,36 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 6,
+    name: 'deprovisioning retried until done',
+    // One row per ended grant whose provider cleanup (dropping its database role) has not
+    // succeeded yet: retried with capped back-off by whichever replica claims it first.
+    sqlite: `
+      CREATE TABLE deprovisions (
+        grant_id TEXT PRIMARY KEY,
+        resources TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        done_at INTEGER
+      );
+      CREATE INDEX deprovisions_due ON deprovisions (next_attempt_at) WHERE done_at IS NULL;
+    `,
+    postgres: `
+      CREATE TABLE deprovisions (
+        grant_id TEXT PRIMARY KEY,
+        resources JSONB NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        last_error TEXT,
+        created_at BIGINT NOT NULL,
+        done_at BIGINT
+      );
+      CREATE INDEX deprovisions_due ON deprovisions (next_attempt_at) WHERE done_at IS NULL;
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

@@ -7,6 +7,8 @@ import {
   type AuditEvent,
   approvalFromRow,
   type BrokerStore,
+  type DeprovisionRecord,
+  deprovisionFromRow,
   EXPIRE_BATCH,
   eventFromRow,
   GRANT_COLUMNS,
@@ -289,6 +291,44 @@ export class PostgresStore implements BrokerStore {
       [now, limit],
     );
     return rows.map(toGrant);
+  }
+
+  async saveDeprovision(record: DeprovisionRecord): Promise<void> {
+    await this.#rows(
+      `INSERT INTO deprovisions (grant_id, resources, attempts, next_attempt_at, last_error, created_at, done_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)
+       ON CONFLICT (grant_id) DO UPDATE SET attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+         last_error = excluded.last_error, done_at = excluded.done_at`,
+      [
+        record.grantId,
+        JSON.stringify(record.resources),
+        record.attempts,
+        record.nextAttemptAt,
+        record.lastError,
+        record.createdAt,
+        record.doneAt,
+      ],
+    );
+  }
+
+  async getDeprovision(grantId: string): Promise<DeprovisionRecord | undefined> {
+    const [row] = await this.#rows('SELECT * FROM deprovisions WHERE grant_id = $1', [grantId]);
+    return row ? deprovisionFromRow({ row, json: asDecoded }) : undefined;
+  }
+
+  /** As expireDue: replicas claiming at once take disjoint rows (SKIP LOCKED). */
+  async claimDeprovisions(now: number, leaseUntil: number, limit: number): Promise<DeprovisionRecord[]> {
+    const rows = await this.#rows(
+      `WITH due AS MATERIALIZED (
+         SELECT grant_id FROM deprovisions WHERE done_at IS NULL AND next_attempt_at <= $1
+         LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       UPDATE deprovisions SET next_attempt_at = $3
+       FROM due WHERE deprovisions.grant_id = due.grant_id AND deprovisions.done_at IS NULL AND deprovisions.next_attempt_at <= $1
+       RETURNING deprovisions.*`,
+      [now, limit, leaseUntil],
+    );
+    return rows.map((row) => deprovisionFromRow({ row, json: asDecoded }));
   }
 
   async appendEvent(event: AuditEvent): Promise<void> {

@@ -7,6 +7,8 @@ import {
   type AuditEvent,
   approvalFromRow,
   type BrokerStore,
+  type DeprovisionRecord,
+  deprovisionFromRow,
   EXPIRE_BATCH,
   eventFromRow,
   GRANT_COLUMNS,
@@ -227,6 +229,39 @@ export class SqliteStore implements BrokerStore {
     )
       .all(now, now, now, now, limit)
       .map(toGrant);
+  }
+
+  async saveDeprovision(record: DeprovisionRecord): Promise<void> {
+    this.#statement(
+      `INSERT INTO deprovisions (grant_id, resources, attempts, next_attempt_at, last_error, created_at, done_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (grant_id) DO UPDATE SET attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+           last_error = excluded.last_error, done_at = excluded.done_at`,
+    ).run(
+      record.grantId,
+      JSON.stringify(record.resources),
+      record.attempts,
+      record.nextAttemptAt,
+      record.lastError,
+      record.createdAt,
+      record.doneAt,
+    );
+  }
+
+  async getDeprovision(grantId: string): Promise<DeprovisionRecord | undefined> {
+    const row = this.#statement('SELECT * FROM deprovisions WHERE grant_id = ?').get(grantId);
+    return row ? deprovisionFromRow({ row, json: fromText }) : undefined;
+  }
+
+  async claimDeprovisions(now: number, leaseUntil: number, limit: number): Promise<DeprovisionRecord[]> {
+    // One statement, one writer at a time: each due row goes to one caller.
+    return this.#statement(
+      `UPDATE deprovisions SET next_attempt_at = ?
+         WHERE grant_id IN (SELECT grant_id FROM deprovisions WHERE done_at IS NULL AND next_attempt_at <= ? LIMIT ?)
+         RETURNING *`,
+    )
+      .all(leaseUntil, now, limit)
+      .map((row) => deprovisionFromRow({ row, json: fromText }));
   }
 
   async appendEvent(event: AuditEvent): Promise<void> {

@@ -65,6 +65,29 @@ export type GrantRecord = {
  */
 export const NO_HEARTBEAT = 8_640_000_000_000_000;
 
+/** A provider cleanup still to do for an ended grant (its database role to drop), retried until done. */
+export type DeprovisionRecord = {
+  grantId: string;
+  resources: string[];
+  attempts: number;
+  nextAttemptAt: number;
+  lastError: string | null;
+  createdAt: number;
+  doneAt: number | null;
+};
+
+export function deprovisionFromRow({ row, json }: RowReader): DeprovisionRecord {
+  return {
+    grantId: String(row.grant_id),
+    resources: json(row.resources) as string[],
+    attempts: Number(row.attempts),
+    nextAttemptAt: Number(row.next_attempt_at),
+    lastError: nullableString(row.last_error),
+    createdAt: Number(row.created_at),
+    doneAt: nullableNumber(row.done_at),
+  };
+}
+
 /** One reviewer's verdict on a pending grant; a reviewer has at most one per grant. */
 export type ApprovalRecord = {
   grantId: string;
@@ -234,6 +257,15 @@ export interface BrokerStore {
    * fewer than `limit` back means none was left due.
    */
   expireDue(now: number, limit?: number): Promise<GrantRecord[]>;
+  /** Records a cleanup to retry (or, when one is there, its latest failure). */
+  saveDeprovision(record: DeprovisionRecord): Promise<void>;
+  getDeprovision(grantId: string): Promise<DeprovisionRecord | undefined>;
+  /**
+   * Claims up to `limit` cleanups due at `now` for this replica: each is returned to one caller
+   * only, its next attempt moved to `leaseUntil` so that a replica that dies mid-attempt leaves it
+   * to be claimed again then.
+   */
+  claimDeprovisions(now: number, leaseUntil: number, limit: number): Promise<DeprovisionRecord[]>;
   appendEvent(event: AuditEvent): Promise<void>;
   /** Appends several events in one transaction (the sweeper's batch), in order. */
   appendEvents(events: readonly AuditEvent[]): Promise<void>;

@@ -39,7 +39,12 @@ export interface RoleManager {
    * privileges (plus USAGE on their schemas); nothing else. All in one transaction: on any error
    * nothing is left behind.
    */
-  create(grantId: string, password: string, privileges: readonly TablePrivilege[], options: { login: boolean; validUntil: Date }): Promise<void>;
+  create(
+    grantId: string,
+    password: string,
+    privileges: readonly TablePrivilege[],
+    options: { login: boolean; validUntil: Date },
+  ): Promise<void>;
   /** ALTER ROLE ... LOGIN/NOLOGIN VALID UNTIL: activation and renewal; open sessions keep working. */
   setValidity(grantId: string, options: { login: boolean; validUntil: Date }): Promise<void>;
   /**

@@ -133,6 +133,9 @@ export class PgRoleManager implements RoleManager {
     this.#pool = new pg.Pool({ connectionString: adminUrl, max: 3, connectionTimeoutMillis: 10_000, lock_timeout: 10_000 });
     // An idle admin connection losing its server must not crash the broker; the next call reports it.
     this.#pool.on('error', () => {});
+    // Nor may one losing it while checked out (the database going away mid-call): the call in
+    // progress fails with the error, and the broker retries it.
+    this.#pool.on('connect', (client) => client.on('error', () => {}));
   }
 
   static async open(adminUrl: string, options: PgRoleManagerOptions): Promise<PgRoleManager> {

@@ -47,7 +47,7 @@ export function registerS3Gateway(
     let found = backends.get(bucket);
     if (!found) {
       const resource = config.resources[bucket];
-      if (!resource) throw new S3Error('NoSuchBucket', 404, 'The specified bucket does not exist', { BucketName: bucket });
+      if (resource?.kind !== 'files') throw new S3Error('NoSuchBucket', 404, 'The specified bucket does not exist', { BucketName: bucket });
       found = new FsBackend(resource.root);
       backends.set(bucket, found);
     }

@@ -1,0 +1,220 @@
+// The postgres provider in the grant lifecycle, on the PostgreSQL running on this machine: a
+// grant's role reads exactly its tables, dies with the grant (sessions included), survives a
+// database outage at revocation as a retried cleanup, and orphans are reconciled away.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { grantIdFromRole, roleNameFor } from '../../src/broker/providers/postgres/contracts.ts';
+import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
+import { newTimeOrderedId } from '../../src/core/ids.ts';
+import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { createTestDatabase, postgresSkipReason, type TestDatabase } from '../helpers/postgres.ts';
+import { waitFor } from '../helpers/state.ts';
+
+const ADMIN_URL_ENV = 'JIT_TEST_WAREHOUSE_ADMIN_URL';
+
+const POLICY = `policy:
+  rules:
+    - name: admin-warehouse
+      subjects: ["user:admin"]
+      scopes: ["warehouse/**"]
+      actions: [select, insert, update, delete]
+      defaultTtl: 1h
+      maxTtl: 8h
+`;
+
+/**
+ * A TCP proxy in front of PostgreSQL: the broker's admin connection goes through it, so the test
+ * can take the database away from the broker (an outage) and give it back, without touching the
+ * server other work shares.
+ */
+class OutageProxy {
+  readonly #sockets = new Set<net.Socket>();
+  #server: net.Server | undefined;
+  port = 0;
+
+  async start(): Promise<void> {
+    const server = net.createServer((client) => {
+      const upstream = net.connect(5432, '127.0.0.1');
+      for (const socket of [client, upstream]) {
+        this.#sockets.add(socket);
+        socket.once('close', () => this.#sockets.delete(socket));
+        socket.on('error', () => {});
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
+    this.port = (server.address() as net.AddressInfo).port;
+    this.#server = server;
+  }
+
+  async stop(): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy();
+    await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+    this.#server = undefined;
+  }
+}
+
+const skip = await postgresSkipReason();
+
+describe('postgres provider: roles live and die with grants', { skip }, () => {
+  let database: TestDatabase;
+  let broker: TestBroker;
+  let admin: pg.Client;
+  const proxy = new OutageProxy();
+  const opened: pg.Client[] = [];
+
+  const grant = async (scopes: string[]) => {
+    const response = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', { scopes, heartbeat: false });
+    assert.equal(response.status, 201, JSON.stringify(response.body));
+    return response.body;
+  };
+  /** A session as the grant's role, from the job's own environment. */
+  const connectAs = async (issued: IssuedGrant) => {
+    const client = new pg.Client({ connectionString: issued.env.DATABASE_URL });
+    client.on('error', () => {});
+    await client.connect();
+    opened.push(client);
+    return client;
+  };
+  const roleExists = async (grantId: string) =>
+    (await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [roleNameFor(grantId)])).rowCount === 1;
+
+  before(async () => {
+    database = await createTestDatabase();
+    admin = new pg.Client({ connectionString: database.url });
+    await admin.connect();
+    await admin.query(`
+      CREATE TABLE public.customers (id int PRIMARY KEY, email text, ssn text);
+      INSERT INTO public.customers VALUES (1, 'ada@example.com', '111'), (2, 'bo@example.com', '222'), (3, 'cy@example.com', '333');
+      CREATE TABLE public.orders (id int PRIMARY KEY, customer int);
+      INSERT INTO public.orders VALUES (10, 1);
+    `);
+    await proxy.start();
+    const adminUrl = new URL(database.url);
+    adminUrl.port = String(proxy.port);
+    process.env[ADMIN_URL_ENV] = adminUrl.toString();
+    broker = await startTestBroker({
+      policy: POLICY,
+      resources: [
+        '  warehouse:',
+        '    kind: postgres',
+        `    urlEnv: ${ADMIN_URL_ENV}`,
+        '    tables: ["public.*"]',
+        '    host: 127.0.0.1',
+        '    port: 5432',
+      ].join('\n'),
+    });
+  });
+  after(async () => {
+    for (const client of opened) await client.end().catch(() => {});
+    await broker?.cleanup();
+    await admin?.end();
+    await proxy.stop();
+    await database?.drop();
+    delete process.env[ADMIN_URL_ENV];
+  });
+
+  it('gives the job PG* variables and a role that reads exactly the granted columns and table', async () => {
+    const issued = await grant(['warehouse/public.customers(id,email):select']);
+    assert.deepEqual(
+      Object.keys(issued.env)
+        .filter((name) => name.startsWith('PG') || name === 'DATABASE_URL')
+        .sort(),
+      ['DATABASE_URL', 'PGDATABASE', 'PGHOST', 'PGPASSWORD', 'PGPORT', 'PGUSER'],
+    );
+    assert.equal(issued.env.PGUSER, roleNameFor(issued.id));
+    assert.equal(issued.env.AWS_ACCESS_KEY_ID, undefined, 'no S3 keys for a grant without files scopes');
+    const session = await connectAs(issued);
+    assert.equal((await session.query('SELECT count(*)::int AS n FROM public.customers')).rows[0].n, 3);
+    assert.deepEqual((await session.query('SELECT id, email FROM public.customers ORDER BY id LIMIT 1')).rows, [
+      { id: 1, email: 'ada@example.com' },
+    ]);
+    await assert.rejects(session.query('SELECT ssn FROM public.customers'), /permission denied/);
+    await assert.rejects(session.query('SELECT * FROM public.orders'), /permission denied/);
+    await assert.rejects(session.query('CREATE TABLE public.mine (x int)'), /permission denied/);
+    const events = await broker.broker.grants.events(issued.id);
+    assert.ok(!JSON.stringify(events).includes(issued.env.PGPASSWORD ?? '<none>'), 'the password is not in the audit trail');
+  });
+
+  it('refuses a table or column that does not exist before creating anything', async () => {
+    for (const [scope, code] of [
+      ['warehouse/public.nope:select', 'unknown_table'],
+      ['warehouse/public.customers(nope):select', 'unknown_column'],
+    ] as const) {
+      const response = await api<{ code: string }>(broker, broker.token, 'POST', 'grants', { scopes: [scope] });
+      assert.equal(response.status, 400, scope);
+      assert.equal(response.body.code, code);
+    }
+    // Roles are cluster-wide and other tests make theirs: look only at roles granted anything here.
+    const grantees = await admin.query(
+      `SELECT DISTINCT grantee FROM information_schema.role_table_grants WHERE table_catalog = current_database() AND grantee LIKE 'jit\\_g\\_%'`,
+    );
+    const live = await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants');
+    const liveIds = new Set(live.body.grants.filter((g) => g.state === 'active').map((g) => g.id));
+    for (const { grantee } of grantees.rows) assert.ok(liveIds.has(grantIdFromRole(grantee) ?? ''), `${grantee} belongs to a live grant`);
+  });
+
+  it('revocation terminates the open session and drops the role', async () => {
+    const issued = await grant(['warehouse/public.customers:select']);
+    const session = await connectAs(issued);
+    // Settled either way from the start: its rejection is the point, not an unhandled error.
+    const running = session.query('SELECT pg_sleep(30)').then(
+      () => 'finished',
+      (error: Error) => error.message,
+    );
+    const receipt = await api<RevocationReceipt>(broker, broker.token, 'DELETE', `grants/${issued.id}`);
+    assert.equal(receipt.body.state, 'revoked');
+    assert.equal(receipt.body.deprovision, undefined);
+    assert.ok(
+      receipt.body.actions.some((action) => /terminated|dropped/.test(action)),
+      receipt.body.actions.join('; '),
+    );
+    assert.match(await running, /terminating connection|Connection terminated/, 'the query running at revocation is cut off');
+    assert.equal(await roleExists(issued.id), false);
+  });
+
+  it('renewal moves the role validity and keeps the open session', async () => {
+    const issued = await grant(['warehouse/public.customers:select']);
+    const session = await connectAs(issued);
+    const before = (await admin.query('SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1', [roleNameFor(issued.id)])).rows[0]
+      .rolvaliduntil;
+    const renewed = await api<GrantView>(broker, broker.token, 'POST', `grants/${issued.id}/renew`, { ttlSeconds: 7200 });
+    assert.equal(renewed.status, 200);
+    const after = (await admin.query('SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1', [roleNameFor(issued.id)])).rows[0]
+      .rolvaliduntil;
+    assert.ok(new Date(after).getTime() > new Date(before).getTime() + 3_000_000, `${before} -> ${after}`);
+    assert.equal(new Date(after).toISOString(), renewed.body.expiresAt);
+    assert.equal((await session.query('SELECT 1 AS one')).rows[0].one, 1);
+  });
+
+  it('a database outage at revocation leaves the drop pending, retried until the role is gone', async () => {
+    const issued = await grant(['warehouse/public.customers:select']);
+    await proxy.stop();
+    const receipt = await api<RevocationReceipt>(broker, broker.token, 'DELETE', `grants/${issued.id}`);
+    assert.equal(receipt.body.state, 'revoked', 'the grant is revoked at once');
+    assert.equal(receipt.body.deprovision, 'pending');
+    assert.equal((await api<GrantView>(broker, broker.token, 'GET', `grants/${issued.id}`)).body.deprovision, 'pending');
+    assert.equal(await roleExists(issued.id), true, 'the database could not be told yet');
+    await proxy.start();
+    await waitFor(
+      'the role dropped after the database came back',
+      async () => {
+        await broker.broker.grants.sweep();
+        return (await roleExists(issued.id)) ? undefined : true;
+      },
+      20_000,
+    );
+    assert.equal((await api<GrantView>(broker, broker.token, 'GET', `grants/${issued.id}`)).body.deprovision, undefined);
+    const events = (await broker.broker.grants.events(issued.id)).map((event) => event.type);
+    assert.ok(events.includes('grant.deprovision_failed') && events.includes('grant.deprovisioned'), events.join(', '));
+  });
+
+  it('the reconciler drops a role whose grant does not exist', async () => {
+    const orphan = roleNameFor(newTimeOrderedId('g', Date.now() - 3_600_000));
+    await admin.query(`CREATE ROLE ${admin.escapeIdentifier(orphan)} LOGIN`);
+    await broker.broker.grants.reconcileNow();
+    assert.equal((await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [orphan])).rowCount, 0);
+  });
+});
