@@ -128,6 +128,11 @@ export const grantViewSchema = {
     heartbeatIntervalSeconds: { type: 'integer' },
     endedAt: nullableTimestamp,
     endReason: { type: ['string', 'null'] },
+    deprovision: {
+      type: 'string',
+      enum: ['pending'],
+      description: "present while an ended grant's database role is still to be dropped (retried until done; docs/postgres.md)",
+    },
     approval: {
       type: ['object', 'null'],
       description: 'where a request that needed approval stands; null when its policy needed none',
@@ -180,6 +185,11 @@ export const receiptSchema = {
     revokedAt: nullableTimestamp,
     alreadyEnded: { type: 'boolean' },
     actions: { type: 'array', items: { type: 'string' } },
+    deprovision: {
+      type: 'string',
+      enum: ['pending'],
+      description: "present when the grant's database role could not be dropped yet: retried with back-off until done (docs/postgres.md)",
+    },
   },
 } as const;
 

@@ -30,5 +30,6 @@ function describeReceipt(receipt: RevocationReceipt): string {
   if (receipt.state === 'unknown') return `${receipt.id}: the broker does not know this grant; removed it from this machine's index`;
   if (receipt.alreadyEnded) return `${receipt.id}: already ${receipt.state}`;
   if (receipt.state === 'cancelled') return `${receipt.id}: request cancelled at ${receipt.revokedAt} (it was waiting for approval)`;
-  return `${receipt.id}: revoked at ${receipt.revokedAt}${receipt.actions.length ? ` (${receipt.actions.join('; ')})` : ''}`;
+  const pending = receipt.deprovision === 'pending' ? '; revoke-pending: the broker retries the cleanup until it is done' : '';
+  return `${receipt.id}: revoked at ${receipt.revokedAt}${receipt.actions.length ? ` (${receipt.actions.join('; ')})` : ''}${pending}`;
 }
