@@ -406,6 +406,30 @@ for (const engine of [sqlite, postgres]) {
       assert.equal(await store.renewGrant(live.id, T0 + 9_000, T0 + 30), undefined, 'revoked');
     });
 
+    it('keeps a cleanup until it is done, and hands each due one to one claimer at a time', async () => {
+      const { store } = await fresh();
+      const base = { resources: ['warehouse'], attempts: 1, lastError: 'database unreachable', createdAt: T0, doneAt: null };
+      for (let index = 0; index < 5; index++) await store.saveDeprovision({ ...base, grantId: `g_dep${index}`, nextAttemptAt: T0 + 10 });
+      await store.saveDeprovision({ ...base, grantId: 'g_later', nextAttemptAt: T0 + 10_000 });
+      const claims = await Promise.all([1, 2, 3].map(() => store.claimDeprovisions(T0 + 20, T0 + 60_020, 2)));
+      const claimed = claims.flat().map((record) => record.grantId);
+      assert.equal(new Set(claimed).size, claimed.length, 'no cleanup goes to two claimers');
+      const rest = await store.claimDeprovisions(T0 + 20, T0 + 60_020, 10);
+      assert.deepEqual([...claimed, ...rest.map((record) => record.grantId)].sort(), ['g_dep0', 'g_dep1', 'g_dep2', 'g_dep3', 'g_dep4']);
+      assert.deepEqual(await store.claimDeprovisions(T0 + 30, T0 + 60_030, 10), [], 'leased until the attempt is over');
+      const [first] = claims.flat();
+      assert.equal(first?.nextAttemptAt, T0 + 60_020);
+      assert.deepEqual(first?.resources, ['warehouse']);
+      await store.saveDeprovision({ ...(first ?? base), grantId: first?.grantId ?? '', attempts: 2, doneAt: T0 + 40, lastError: null });
+      assert.equal((await store.getDeprovision(first?.grantId ?? ''))?.doneAt, T0 + 40);
+      assert.equal(
+        (await store.claimDeprovisions(T0 + 120_000, T0 + 180_000, 10)).some((record) => record.grantId === first?.grantId),
+        false,
+        'done is done',
+      );
+      assert.equal(await store.getDeprovision('g_none'), undefined);
+    });
+
     it('refuses a database a newer broker has migrated', async () => {
       const { db } = await fresh();
       await db.exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (${SCHEMA_VERSION + 1}, 'from the future', 0)`);

@@ -63,6 +63,26 @@ describe('broker.yaml', () => {
       initialConfigYaml('user:admin').replace('approvalTimeout: 1h', 'approvalTimeout: 60'),
       /broker\.yaml:\d+: grants\.approvalTimeout: a duration needs a unit/,
     ],
+    [
+      'a postgres resource with its admin URL in neither urlEnv nor urlFile',
+      initialConfigYaml('user:admin').replace('resources:\n', 'resources:\n  warehouse:\n    kind: postgres\n    tables: ["public.*"]\n'),
+      /broker\.yaml:\d+: resources\.warehouse\.urlEnv: a postgres resource needs exactly one of urlEnv and urlFile/,
+    ],
+    [
+      'a postgres table that is not schema.table',
+      initialConfigYaml('user:admin').replace(
+        'resources:\n',
+        'resources:\n  warehouse:\n    kind: postgres\n    urlEnv: WAREHOUSE_URL\n    tables: ["customers"]\n',
+      ),
+      /broker\.yaml:\d+: resources\.warehouse\.tables\.0: a table is "schema\.table"/,
+    ],
+    [
+      'a files action on a postgres scope',
+      initialConfigYaml('user:admin')
+        .replace('resources:\n', 'resources:\n  warehouse:\n    kind: postgres\n    urlEnv: WAREHOUSE_URL\n    tables: ["public.*"]\n')
+        .replace('scopes: ["datasets/**"]', 'scopes: ["warehouse/public.*"]'),
+      /broker\.yaml:\d+: policy\.rules\.0\.actions: action "read" does not apply to postgres resources \(they have: select, insert, update, delete\)/,
+    ],
     ['a YAML syntax error', 'version: 1\nresources: [oops\n', /broker\.yaml:\d+: /],
   ];
   for (const [what, text, expected] of broken) {

@@ -24,6 +24,24 @@ describe('parseScope', () => {
     });
   });
 
+  it('reads a column list after a table, and formats it back', () => {
+    assert.deepEqual(parseScope('warehouse/public.customers(id,email):select'), {
+      resource: 'warehouse',
+      path: 'public.customers',
+      action: 'select',
+      columns: ['id', 'email'],
+    });
+    assert.equal(formatScope(parseScope('warehouse/public.customers(id,email):select')), 'warehouse/public.customers(id,email):select');
+    const refused: [string, RegExp][] = [
+      ['warehouse(id):select', /a column list follows a table/],
+      ['warehouse/public.customers():select', /the column list has an empty name/],
+      ['warehouse/public.customers(id,id):select', /names a column twice/],
+      ['warehouse/public.customers(e mail):select', /"e mail" is not a column name/],
+      ['warehouse/public.customers(id;drop):select', /is not a column name/],
+    ];
+    for (const [text, reason] of refused) assert.throws(() => parseScope(text), reason, text);
+  });
+
   it('formats back to the shortest form', () => {
     for (const text of ['datasets', 'datasets/train', 'checkpoints/run-42:write']) assert.equal(formatScope(parseScope(text)), text);
     assert.equal(formatScope(parseScope('datasets/train:read')), 'datasets/train');
