@@ -189,6 +189,37 @@ describe('postgres provider: roles live and die with grants', { skip }, () => {
     assert.equal((await session.query('SELECT 1 AS one')).rows[0].one, 1);
   });
 
+  it('expiry ends the role and its session; a renewal before it keeps the session past the first expiry', async () => {
+    const short = (
+      await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', {
+        scopes: ['warehouse/public.customers:select'],
+        ttlSeconds: 1,
+        heartbeat: false,
+      })
+    ).body;
+    const renewedOne = (
+      await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', {
+        scopes: ['warehouse/public.customers:select'],
+        ttlSeconds: 1,
+        heartbeat: false,
+      })
+    ).body;
+    const ending = await connectAs(short);
+    const kept = await connectAs(renewedOne);
+    const ended = new Promise((resolve) => ending.once('error', resolve));
+    assert.equal((await api(broker, broker.token, 'POST', `grants/${renewedOne.id}/renew`, { ttlSeconds: 3600 })).status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 1300));
+    await broker.broker.grants.sweep();
+    assert.equal(await roleExists(short.id), false, 'the expired grant took its role with it');
+    await ended;
+    assert.equal(await roleExists(renewedOne.id), true);
+    assert.equal(
+      (await kept.query('SELECT count(*)::int AS n FROM public.customers')).rows[0].n,
+      3,
+      'past the first expiry, still working',
+    );
+  });
+
   it('a database outage at revocation leaves the drop pending, retried until the role is gone', async () => {
     const issued = await grant(['warehouse/public.customers:select']);
     await proxy.stop();
