@@ -29,6 +29,9 @@ export type RunOptions = {
 const AWS_IDENTITY =
   /^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|SECURITY_TOKEN|PROFILE|DEFAULT_PROFILE|ROLE_ARN|ROLE_SESSION_NAME|WEB_IDENTITY_TOKEN_FILE|CONTAINER_CREDENTIALS_.*|ENDPOINT_URL.*|CREDENTIAL_EXPIRATION|S3_.*)$/;
 
+/** libpq's connection variables (and DATABASE_URL), replaced whole for a table grant. */
+const PG_IDENTITY = /^(PG[A-Z]+|DATABASE_URL)$/;
+
 type ChildOutcome = { code: number | null; signal: NodeJS.Signals | null } | { spawnError: NodeJS.ErrnoException };
 
 /** A grant this `jit run` holds: what the API says of it, its credential, and how to reach its broker. */
@@ -188,8 +191,10 @@ export function childEnvironment(parentEnv: NodeJS.ProcessEnv, grant: GrantView 
   // A grant with S3 keys replaces every AWS identity and endpoint the parent had: a profile or an
   // endpoint override left in place would send the job's S3 calls somewhere else, as someone else.
   const replacesAws = 'AWS_ACCESS_KEY_ID' in grant.env;
+  // Likewise libpq's variables for a table grant: a parent's PGSERVICE or PGHOSTADDR would win.
+  const replacesPg = 'PGUSER' in grant.env;
   for (const [name, value] of Object.entries(parentEnv)) {
-    if (name.startsWith('JIT_') || (replacesAws && AWS_IDENTITY.test(name))) continue;
+    if (name.startsWith('JIT_') || (replacesAws && AWS_IDENTITY.test(name)) || (replacesPg && PG_IDENTITY.test(name))) continue;
     env[name] = value;
   }
   return { ...env, ...grant.env, JIT_GRANT_ID: grant.id, JIT_EXPIRES_AT: grant.expiresAt ?? '' };

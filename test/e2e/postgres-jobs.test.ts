@@ -60,7 +60,8 @@ test("jit run --scope warehouse/public.customers:select -- psql -c 'select count
   if (!places) return;
   const result = await jit(
     ['run', '--scope', 'warehouse/public.customers:select', '--', 'psql', '-X', '-A', '-t', '-c', 'select count(*) from customers'],
-    { env: places.env },
+    // libpq variables a parent might hold: none of them may steer the job's connection.
+    { env: { ...places.env, PGHOSTADDR: '192.0.2.1', PGSERVICE: 'production', PGUSER: 'postgres', PGDATABASE: 'postgres' } },
   );
   assert.equal(result.stderr, '');
   assert.equal(result.code, 0);

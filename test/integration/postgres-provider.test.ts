@@ -242,10 +242,20 @@ describe('postgres provider: roles live and die with grants', { skip }, () => {
     assert.ok(events.includes('grant.deprovision_failed') && events.includes('grant.deprovisioned'), events.join(', '));
   });
 
-  it('the reconciler drops a role whose grant does not exist', async () => {
+  it('the reconciler drops a role of this database whose grant does not exist, and no other', async (t) => {
     const orphan = roleNameFor(newTimeOrderedId('g', Date.now() - 3_600_000));
+    // As a crash would leave it: made by this resource (CONNECT on its database), its grant never recorded.
     await admin.query(`CREATE ROLE ${admin.escapeIdentifier(orphan)} LOGIN`);
+    await admin.query(`GRANT CONNECT ON DATABASE ${admin.escapeIdentifier(database.name)} TO ${admin.escapeIdentifier(orphan)}`);
+    const stranger = roleNameFor(newTimeOrderedId('g', Date.now() - 3_600_000));
+    await admin.query(`CREATE ROLE ${admin.escapeIdentifier(stranger)} LOGIN`);
+    t.after(() => admin.query(`DROP ROLE IF EXISTS ${admin.escapeIdentifier(stranger)}`));
     await broker.broker.grants.reconcileNow();
     assert.equal((await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [orphan])).rowCount, 0);
+    assert.equal(
+      (await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [stranger])).rowCount,
+      1,
+      "a role with no grant on this resource's database is another broker's: left alone",
+    );
   });
 });

@@ -180,7 +180,10 @@ export class GrantService {
       };
     }
     this.#cutStreams(id);
-    const actions = ['credential refused by the data plane', 'open transfers cut'];
+    const tableGrant =
+      this.#tableResources(ended.scopes.map(parseScope)).length > 0 &&
+      !ended.scopes.some((scope) => this.#config.resources[parseScope(scope).resource]?.kind === 'files');
+    const actions = tableGrant ? [] : ['credential refused by the data plane', 'open transfers cut'];
     await this.#audit('grant.revoked', ended, { by: subject, actions });
     const cleanup = await this.#ended(ended);
     return {
@@ -206,6 +209,7 @@ export class GrantService {
       revokedAt: iso(now),
       alreadyEnded: false,
       actions: ['request withdrawn', ...cleanup.actions],
+      ...(cleanup.pending ? { deprovision: 'pending' as const } : {}),
     };
   }
 

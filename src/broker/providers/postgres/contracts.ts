@@ -53,7 +53,10 @@ export interface RoleManager {
    * database cannot be reached (the caller retries).
    */
   drop(grantId: string): Promise<string[]>;
-  /** Every role with ROLE_PREFIX in the database cluster (the reconciler compares them with live grants). */
+  /**
+   * The roles with ROLE_PREFIX this resource's database granted CONNECT to (every role create()
+   * makes): the reconciler compares them with live grants. Roles of other databases are not listed.
+   */
   listRoles(): Promise<string[]>;
   /** Where jobs connect: host, port, database (from the admin URL unless configured). */
   readonly target: { host: string; port: number; database: string };

@@ -110,8 +110,12 @@ export class TableProvider {
       for (const role of await manager.listRoles()) {
         const grantId = grantIdFromRole(role);
         if (!grantId || now - createdAtOf(grantId) < graceMs || (await isLive(grantId))) continue;
-        await manager.drop(grantId);
-        dropped.push(`${name}: ${role}`);
+        // One role that cannot be dropped now does not stop the others; the next pass tries again.
+        const done = await manager.drop(grantId).then(
+          () => true,
+          () => false,
+        );
+        if (done) dropped.push(`${name}: ${role}`);
       }
     }
     return dropped;

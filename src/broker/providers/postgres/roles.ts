@@ -226,8 +226,12 @@ export class PgRoleManager implements RoleManager {
   async listRoles(): Promise<string[]> {
     const pattern = `${ROLE_PREFIX.replace(/[\\%_]/g, '\\$&')}%`;
     return this.#withClient('list grant roles', async (client) => {
+      // Only roles this resource made: grant roles hold an explicit CONNECT on this database
+      // (create() grants it), so the roles of a broker serving another database are not ours.
       const result = await client.query<{ rolname: string }>(
-        "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ESCAPE '\\' ORDER BY rolname",
+        `SELECT DISTINCT r.rolname FROM pg_database d, aclexplode(d.datacl) AS a
+           JOIN pg_roles r ON r.oid = a.grantee
+         WHERE d.datname = current_database() AND r.rolname LIKE $1 ESCAPE '\\' ORDER BY r.rolname`,
         [pattern],
       );
       return result.rows.map((row) => row.rolname);
@@ -413,7 +417,7 @@ export class PgRoleManager implements RoleManager {
     const reason = (error as NodeJS.ErrnoException).code ?? error.message;
     return new BrokerUnreachableError(`cannot reach ${this.#where} to ${doing} (${reason})`, {
       code: 'database_unreachable',
-      hint: 'check that PostgreSQL is running and reachable; the broker retries',
+      hint: 'check that PostgreSQL is running and reachable (a revocation is retried until it is done; a request is not)',
       cause: error,
     });
   }
