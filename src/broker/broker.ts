@@ -1,4 +1,4 @@
-import { access, mkdir, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ConflictError, UsageError } from '../core/errors.ts';
@@ -64,7 +64,26 @@ export async function initBroker(
 /** A resource whose root is missing is a config error at start, not an HTTP 500 at first use. */
 export async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
   for (const [name, resource] of Object.entries(config.resources)) {
-    if (resource.kind !== 'files') continue;
+    if (resource.kind === 'postgres') {
+      // Where the admin URL comes from must be there at start (the database itself may be down:
+      // revocations are retried until it is back). The URL is never read into a message.
+      const present =
+        resource.urlEnv !== undefined
+          ? Boolean(process.env[resource.urlEnv])
+          : await readFile(resource.urlFile ?? '', 'utf8').then(
+              (text) => text.trim() !== '',
+              () => false,
+            );
+      if (!present) {
+        const where =
+          resource.urlEnv !== undefined ? `urlEnv: ${resource.urlEnv} is not set` : `urlFile: ${resource.urlFile} is missing or empty`;
+        throw new UsageError(`${configFile}: resources.${name}.${where}`, {
+          code: 'invalid_config',
+          hint: 'give the broker the admin URL (postgres://ADMIN@HOST:PORT/DATABASE) there before starting it',
+        });
+      }
+      continue;
+    }
     const isDirectory = await stat(resource.root).then(
       (stats) => stats.isDirectory(),
       () => false,

@@ -1,10 +1,13 @@
 // `jit run` around real database clients: psql and node's pg read the granted table with the
 // PG* variables and nothing else, and no role survives its grant.
 import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { roleNameFor } from '../../src/broker/providers/postgres/contracts.ts';
-import { jit } from '../helpers/cli.ts';
+import { jit, testEnv } from '../helpers/cli.ts';
 import { createTestDatabase, postgresSkipReason, type TestDatabase } from '../helpers/postgres.ts';
 import { assertReleased, onlyGrant } from '../helpers/state.ts';
 import { setUp } from './support.ts';
@@ -103,4 +106,26 @@ test('node pg with DATABASE_URL alone works the same way', { skip }, async (t) =
   );
   assert.equal(result.code, 0, result.stderr);
   assert.equal(result.stdout.trim(), 'ada@example.com,bo@example.com');
+});
+
+test('a broker whose postgres admin URL variable is not set refuses to start, naming the variable only', async (t) => {
+  const dir = path.join(await mkdtemp(path.join(tmpdir(), 'jit-pg-config-')), 'broker');
+  t.after(() => rm(path.dirname(dir), { recursive: true, force: true }));
+  const env = await testEnv();
+  t.after(() => rm(env.HOME ?? '', { recursive: true, force: true }));
+  assert.equal((await jit(['broker', 'init', '--dir', dir], { env })).code, 0);
+  const file = path.join(dir, 'broker.yaml');
+  await writeFile(file, (await readFile(file, 'utf8')).replace('resources:\n', `resources:\n${RESOURCE}\n`));
+  const unset = { ...env, [ADMIN_URL_ENV]: undefined };
+  for (const args of [
+    ['broker', 'check-config', '--dir', dir],
+    ['broker', 'start', '--dir', dir, '--port', '0'],
+  ]) {
+    const result = await jit(args, { env: unset });
+    assert.equal(result.code, 2, args.join(' '));
+    assert.equal(
+      result.stderr,
+      `jit: error: ${file}: resources.warehouse.urlEnv: ${ADMIN_URL_ENV} is not set; give the broker the admin URL (postgres://ADMIN@HOST:PORT/DATABASE) there before starting it\n`,
+    );
+  }
 });
