@@ -192,6 +192,36 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX deprovisions_due ON deprovisions (next_attempt_at) WHERE done_at IS NULL;
     `,
   },
+  {
+    version: 7,
+    name: 'cheaper issue: one sweeper index, no AUTOINCREMENT on events (SQLite)',
+    // Every issued grant paid for two partial indexes (one per deadline); one expression index on
+    // the earlier deadline serves the sweeper's query as well. On SQLite, AUTOINCREMENT made every
+    // event insert also update sqlite_sequence: events are never deleted, so a plain INTEGER
+    // PRIMARY KEY stays append-only and ordered (npm run bench:broker).
+    sqlite: `
+      DROP INDEX IF EXISTS grants_due_ttl;
+      DROP INDEX IF EXISTS grants_due_heartbeat;
+      CREATE INDEX grants_due ON grants (min(expires_at, heartbeat_deadline)) WHERE state = 'active';
+      CREATE TABLE events_v7 (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        subject TEXT,
+        grant_id TEXT,
+        detail TEXT NOT NULL
+      );
+      INSERT INTO events_v7 (seq, at, type, subject, grant_id, detail) SELECT seq, at, type, subject, grant_id, detail FROM events;
+      DROP TABLE events;
+      ALTER TABLE events_v7 RENAME TO events;
+      CREATE INDEX events_grant ON events (grant_id);
+    `,
+    postgres: `
+      DROP INDEX IF EXISTS grants_due_ttl;
+      DROP INDEX IF EXISTS grants_due_heartbeat;
+      CREATE INDEX grants_due ON grants (LEAST(expires_at, heartbeat_deadline)) WHERE state = 'active';
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

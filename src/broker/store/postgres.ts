@@ -281,7 +281,7 @@ export class PostgresStore implements BrokerStore {
   async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
     const rows = await this.#rows(
       `WITH due AS MATERIALIZED (
-         SELECT id FROM grants WHERE state = 'active' AND (expires_at <= $1 OR heartbeat_deadline <= $1)
+         SELECT id FROM grants WHERE state = 'active' AND LEAST(expires_at, heartbeat_deadline) <= $1
          LIMIT $2 FOR UPDATE SKIP LOCKED
        )
        UPDATE grants SET state = 'expired', ended_at = $1,

@@ -224,10 +224,10 @@ export class SqliteStore implements BrokerStore {
       `UPDATE grants SET state = 'expired', ended_at = ?,
            end_reason = CASE WHEN expires_at <= ? THEN 'ttl' ELSE 'heartbeat' END
          WHERE state = 'active' AND id IN (
-           SELECT id FROM grants WHERE state = 'active' AND (expires_at <= ? OR heartbeat_deadline <= ?) LIMIT ?
+           SELECT id FROM grants WHERE state = 'active' AND min(expires_at, heartbeat_deadline) <= ? LIMIT ?
          ) RETURNING *`,
     )
-      .all(now, now, now, now, limit)
+      .all(now, now, now, limit)
       .map(toGrant);
   }
 
