@@ -64,22 +64,28 @@ export async function initBroker(
 /** A resource whose root is missing is a config error at start, not an HTTP 500 at first use. */
 export async function checkResourceRoots(config: BrokerConfig, configFile: string): Promise<void> {
   for (const [name, resource] of Object.entries(config.resources)) {
-    if (resource.kind === 'postgres') {
-      // Where the admin URL comes from must be there at start (the database itself may be down:
-      // revocations are retried until it is back). The URL is never read into a message.
+    if (resource.kind === 'postgres' || resource.kind === 'http') {
+      // Where the secret comes from (a postgres admin URL, an API's upstream key) must be there at
+      // start; the database or API itself may be down. The secret is never read into a message.
+      const [envKey, env, fileKey, file] =
+        resource.kind === 'postgres'
+          ? ['urlEnv', resource.urlEnv, 'urlFile', resource.urlFile]
+          : ['secretEnv', resource.secretEnv, 'secretFile', resource.secretFile];
       const present =
-        resource.urlEnv !== undefined
-          ? Boolean(process.env[resource.urlEnv])
-          : await readFile(resource.urlFile ?? '', 'utf8').then(
+        env !== undefined
+          ? Boolean(process.env[env])
+          : await readFile(file ?? '', 'utf8').then(
               (text) => text.trim() !== '',
               () => false,
             );
       if (!present) {
-        const where =
-          resource.urlEnv !== undefined ? `urlEnv: ${resource.urlEnv} is not set` : `urlFile: ${resource.urlFile} is missing or empty`;
+        const where = env !== undefined ? `${envKey}: ${env} is not set` : `${fileKey}: ${file} is missing or empty`;
         throw new UsageError(`${configFile}: resources.${name}.${where}`, {
           code: 'invalid_config',
-          hint: 'give the broker the admin URL (postgres://ADMIN@HOST:PORT/DATABASE) there before starting it',
+          hint:
+            resource.kind === 'postgres'
+              ? 'give the broker the admin URL (postgres://ADMIN@HOST:PORT/DATABASE) there before starting it'
+              : "give the broker the upstream API's key there before starting it",
         });
       }
       continue;

@@ -26,13 +26,38 @@ export type PostgresResource = {
   host: string | undefined;
   port: number | undefined;
 };
-export type Resource = FilesResource | PostgresResource;
+/**
+ * An upstream HTTP API the broker proxies (docs/http.md): the job gets `<envPrefix>_BASE_URL` and
+ * `<envPrefix>_API_KEY` (its grant credential); the real upstream secret stays in the broker.
+ */
+export type HttpResource = {
+  kind: 'http';
+  upstream: string;
+  secretEnv: string | undefined;
+  secretFile: string | undefined;
+  /** How the upstream secret is presented: `Authorization: Bearer` or a named header. */
+  auth: { type: 'bearer' } | { type: 'header'; name: string };
+  envPrefix: string;
+  timeoutSeconds: number;
+  maxRequestBytes: number;
+};
+export type Resource = FilesResource | PostgresResource | HttpResource;
 
 /** The actions each kind of resource has. */
 export const ACTIONS_BY_KIND: Record<Resource['kind'], readonly string[]> = {
   files: FILES_ACTIONS,
   postgres: ['select', 'insert', 'update', 'delete'],
+  // http actions are "METHOD /path/pattern" (checked by shape, see HTTP_ACTION); none is fixed.
+  http: [],
 };
+
+/** An http scope's action: a method and a path pattern (`*` within a segment, `**` across). */
+export const HTTP_ACTION = /^(GET|HEAD|POST|PUT|PATCH|DELETE|\*) \/[A-Za-z0-9._~\-/{}*]*$/;
+
+/** Whether `action` applies to a resource of `kind`. */
+export function actionApplies(kind: Resource['kind'], action: string): boolean {
+  return kind === 'http' ? HTTP_ACTION.test(action) : ACTIONS_BY_KIND[kind].includes(action);
+}
 
 /** Who must approve before a grant is issued (docs/policy.md#approval). */
 export type Approval = { required: boolean; approvers: string[]; count: number };
@@ -162,6 +187,33 @@ const schema = z
             message: 'a postgres resource needs exactly one of urlEnv and urlFile (the admin URL is a secret, never in broker.yaml)',
             path: ['urlEnv'],
           }),
+        z
+          .strictObject({
+            kind: z.literal('http'),
+            upstream: z.url().transform(canonicalUrl),
+            secretEnv: z
+              .string()
+              .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'secretEnv is the name of an environment variable, such as JIT_OPENAI_KEY')
+              .optional(),
+            secretFile: z.string().min(1).optional(),
+            header: z
+              .string()
+              .regex(/^[A-Za-z0-9-]+$/, 'header is a header name, such as x-api-key')
+              .optional(),
+            envPrefix: z
+              .string()
+              .regex(/^[A-Z][A-Z0-9_]*$/, 'envPrefix is upper case, such as OPENAI (giving OPENAI_BASE_URL and OPENAI_API_KEY)'),
+            timeout: duration.default(60),
+            maxRequestBytes: z
+              .number()
+              .int()
+              .min(1)
+              .default(10 * 1024 * 1024),
+          })
+          .refine((resource) => (resource.secretEnv === undefined) !== (resource.secretFile === undefined), {
+            message: 'an http resource needs exactly one of secretEnv and secretFile (the upstream secret never sits in broker.yaml)',
+            path: ['secretEnv'],
+          }),
       ]),
     ),
     policy: z.strictObject({
@@ -239,8 +291,9 @@ const schema = z
       const kinds = [
         ...new Set(rule.scopes.map((pattern) => config.resources[pattern.split('/')[0] ?? '']?.kind).filter((kind) => kind !== undefined)),
       ];
-      const allowed = [...new Set(kinds.flatMap((kind) => ACTIONS_BY_KIND[kind]))];
-      const unknownAction = kinds.length === 0 ? undefined : rule.actions.find((action) => !allowed.includes(action));
+      const allowed = [...new Set(kinds.flatMap((kind) => (kind === 'http' ? ['METHOD /path'] : ACTIONS_BY_KIND[kind])))];
+      const unknownAction =
+        kinds.length === 0 ? undefined : rule.actions.find((action) => !kinds.some((kind) => actionApplies(kind, action)));
       if (unknownAction !== undefined) {
         issue(
           [...at, 'actions'],
@@ -351,15 +404,26 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
         name,
         resource.kind === 'files'
           ? { kind: 'files', root: path.resolve(dir, resource.root) }
-          : {
-              kind: 'postgres',
-              urlEnv: resource.urlEnv,
-              urlFile: resource.urlFile === undefined ? undefined : path.resolve(dir, resource.urlFile),
-              tables: resource.tables,
-              connectionLimit: resource.connectionLimit,
-              host: resource.host,
-              port: resource.port,
-            },
+          : resource.kind === 'http'
+            ? {
+                kind: 'http',
+                upstream: resource.upstream,
+                secretEnv: resource.secretEnv,
+                secretFile: resource.secretFile === undefined ? undefined : path.resolve(dir, resource.secretFile),
+                auth: resource.header ? { type: 'header', name: resource.header.toLowerCase() } : { type: 'bearer' },
+                envPrefix: resource.envPrefix,
+                timeoutSeconds: resource.timeout,
+                maxRequestBytes: resource.maxRequestBytes,
+              }
+            : {
+                kind: 'postgres',
+                urlEnv: resource.urlEnv,
+                urlFile: resource.urlFile === undefined ? undefined : path.resolve(dir, resource.urlFile),
+                tables: resource.tables,
+                connectionLimit: resource.connectionLimit,
+                host: resource.host,
+                port: resource.port,
+              },
       ]),
     ),
     rules,

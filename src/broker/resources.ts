@@ -1,6 +1,6 @@
 import { UsageError } from '../core/errors.ts';
 import { closestName, type Scope } from '../core/scope.ts';
-import { ACTIONS_BY_KIND, type BrokerConfig } from './config.ts';
+import { ACTIONS_BY_KIND, actionApplies, type BrokerConfig } from './config.ts';
 
 const TABLE = /^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -19,11 +19,19 @@ export function checkScope(resources: BrokerConfig['resources'], scope: Scope): 
       hint: nearest ? `did you mean "${nearest}"?` : `this broker serves: ${known.join(', ') || 'nothing yet'}`,
     });
   }
-  const actions = ACTIONS_BY_KIND[resource.kind];
-  if (!actions.includes(scope.action)) {
+  if (!actionApplies(resource.kind, scope.action)) {
     throw new UsageError(`action "${scope.action}" does not apply to ${resource.kind} resource "${scope.resource}"`, {
       code: 'unknown_action',
-      hint: `use one of: ${actions.join(', ')}`,
+      hint:
+        resource.kind === 'http'
+          ? `an API scope's action is a method and a path, e.g. ${scope.resource}:POST /v1/embeddings`
+          : `use one of: ${ACTIONS_BY_KIND[resource.kind].join(', ')}`,
+    });
+  }
+  if (resource.kind === 'http' && (scope.path !== '' || scope.columns)) {
+    throw new UsageError(`an API scope names the resource and a method and path: "${scope.resource}:${scope.action}"`, {
+      code: 'invalid_scope',
+      hint: `e.g. ${scope.resource}:POST /v1/embeddings`,
     });
   }
   if (resource.kind === 'files' && scope.columns) {

@@ -230,10 +230,34 @@ export function openApiDocument(version: string) {
           },
         },
       },
+      '/proxy/{resource}/{path}': apiProxy(),
       '/s3': s3Gateway(undefined),
       '/s3/{path}': s3Gateway('BUCKET or BUCKET/KEY'),
     },
   };
+}
+
+/** The API proxy (docs/http.md): whatever the upstream API speaks, under the grant's method and path scopes. */
+function apiProxy() {
+  const operation = (method: string) => ({
+    summary: `${method} to the upstream API named {resource}, at {path} relative to its base URL, with the upstream secret added (docs/http.md)`,
+    security: [{ grantCredential: [] }],
+    parameters: [
+      { name: 'resource', in: 'path', required: true, schema: { type: 'string' }, description: 'the http resource (API) name' },
+      {
+        name: 'path',
+        in: 'path',
+        required: true,
+        schema: { type: 'string' },
+        description: "the upstream path, allowed by a scope's METHOD /pattern",
+      },
+    ],
+    responses: {
+      default: { description: "the upstream's response, streamed, with the upstream secret blanked" },
+      ...errors(401, 403, 404),
+    },
+  });
+  return { get: operation('GET'), post: operation('POST'), put: operation('PUT'), patch: operation('PATCH'), delete: operation('DELETE') };
 }
 
 /**

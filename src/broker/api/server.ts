@@ -8,6 +8,7 @@ import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
+import { registerHttpProxy } from '../providers/http/proxy.ts';
 import { S3Error } from '../providers/s3/contracts.ts';
 import { isS3Path, registerS3Gateway, sendS3Error } from '../providers/s3/gateway.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
@@ -248,6 +249,7 @@ export function buildApi(options: {
 
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
   registerS3Gateway(app, { config, grants, limiter });
+  registerHttpProxy(app, { config, grants, limiter });
 
   async function serveFile(request: FastifyRequest, reply: FastifyReply) {
     const { grant, scopes } = await guarded(request, () => grants.usableGrant(bearer(request)));

@@ -5,9 +5,10 @@ import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } fro
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newSecret, newTimeOrderedId } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
-import type { BrokerConfig } from '../config.ts';
+import type { BrokerConfig, HttpResource } from '../config.ts';
 import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
+import { httpEnv } from '../providers/http/proxy.ts';
 import type { TableProvider } from '../providers/postgres/provider.ts';
 import { checkScope } from '../resources.ts';
 import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
@@ -117,9 +118,14 @@ export class GrantService {
             deniedBy: null,
           };
     const fileScopes = record.scopes.filter((scope) => this.#config.resources[parseScope(scope).resource]?.kind === 'files');
+    const apis = [...new Set(scopes.map((scope) => scope.resource))].flatMap((name): [string, HttpResource][] => {
+      const resource = this.#config.resources[name];
+      return resource?.kind === 'http' ? [[name, resource]] : [];
+    });
     const env = {
       ...(fileScopes.length > 0 ? filesEnv(this.#publicUrl(), credential, { id: record.id, scopes: fileScopes }) : {}),
       ...tableEnv,
+      ...httpEnv(this.#publicUrl(), credential, apis),
     };
     return { ...this.view(record, approval), credential, env };
   }
