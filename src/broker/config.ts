@@ -72,7 +72,12 @@ export type PolicyRule = {
   defaultTtlSeconds: number;
   maxTtlSeconds: number;
   approval?: Approval;
+  /** For API scopes: how many calls and response bytes a grant under this rule may use (docs/http.md#budgets). */
+  budget?: Budget;
 };
+
+/** A per-grant budget; a grant that goes over it is suspended. */
+export type Budget = { requests?: number; bytes?: number };
 
 /** A deny rule: wins over any allow. Empty `actions` means every action. */
 export type DenyRule = {
@@ -239,6 +244,12 @@ const schema = z
               count: z.number().int().min(1).default(1),
             })
             .optional(),
+          budget: z
+            .strictObject({
+              requests: z.number().int().min(1).optional(),
+              bytes: z.number().int().min(1).optional(),
+            })
+            .optional(),
         }),
       ),
       deny: z
@@ -390,6 +401,7 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     defaultTtlSeconds: Math.min(rule.defaultTtl, rule.maxTtl),
     maxTtlSeconds: rule.maxTtl,
     ...(rule.approval?.required ? { approval: { required: true, approvers: rule.approval.approvers, count: rule.approval.count } } : {}),
+    ...(rule.budget ? { budget: rule.budget } : {}),
   }));
   return {
     dir,

@@ -14,7 +14,7 @@ const LOCK_STALE_MS = 10_000;
 export type Profile = { brokerUrl: string; defaultTtl?: string };
 
 /** pending: waiting for approval; revoke-pending: ended here, the broker not yet told. */
-export type LocalGrantState = 'pending' | 'active' | 'revoke-pending';
+export type LocalGrantState = 'pending' | 'active' | 'revoke-pending' | 'suspended';
 
 /** Which token requested a grant: JIT_TOKEN (with JIT_BROKER_URL) or the profile's keychain token. */
 export type GrantAuth = 'env' | 'profile';

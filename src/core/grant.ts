@@ -1,5 +1,5 @@
 /** The grant as the API, the CLI and the local index speak of it (docs/api.md). */
-export const GRANT_STATES = ['pending', 'active', 'revoked', 'expired', 'denied', 'cancelled', 'timed-out'] as const;
+export const GRANT_STATES = ['pending', 'active', 'revoked', 'expired', 'denied', 'cancelled', 'timed-out', 'suspended'] as const;
 export const GRANT_ID = /^g_[0-9a-f]{20}$/;
 
 export type GrantState = (typeof GRANT_STATES)[number];

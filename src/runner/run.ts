@@ -273,6 +273,13 @@ function startHeartbeat(ctx: Context, client: BrokerClient, grant: GrantView): {
       if (error instanceof ConflictError) {
         ended = true;
         ctx.out.warn(`${error.message}: the job's access has ended`);
+        // A grant over its API budget is suspended: `jit grants` says so while the job runs on.
+        const state = await client.getGrant(grant.id).then(
+          (view) => view.state,
+          () => undefined,
+        );
+        const local = ctx.config.grant(grant.id);
+        if (state === 'suspended' && local) ctx.config.putGrant({ ...local, state: 'suspended' });
       } else {
         ctx.out.info(`heartbeat for ${grant.id} failed: ${(error as Error).message}`);
       }

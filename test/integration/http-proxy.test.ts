@@ -19,6 +19,20 @@ const POLICY = `policy:
       actions: ["POST /v1/embeddings", "POST /v1/chat/completions", "GET /v1/models/*", "GET /echo", "GET /stream"]
       defaultTtl: 1h
       maxTtl: 8h
+    - name: admin-metered
+      subjects: ["user:admin"]
+      scopes: ["metered"]
+      actions: ["GET /echo"]
+      defaultTtl: 1h
+      maxTtl: 8h
+      budget: { requests: 3 }
+    - name: admin-metered-bytes
+      subjects: ["user:admin"]
+      scopes: ["bytemeter"]
+      actions: ["GET /echo"]
+      defaultTtl: 1h
+      maxTtl: 8h
+      budget: { bytes: 1000 }
 `;
 
 /** The upstream: checks the real key, echoes what it received (headers included), streams events. */
@@ -81,12 +95,18 @@ describe('API proxy', () => {
     broker = await startTestBroker({
       policy: POLICY,
       resources: [
-        '  models:',
-        '    kind: http',
-        `    upstream: ${upstream.url}`,
-        `    secretEnv: ${SECRET_ENV}`,
-        '    envPrefix: MODELS',
-      ].join('\n'),
+        ['models', 'MODELS'],
+        ['metered', 'METERED'],
+        ['bytemeter', 'BYTEMETER'],
+      ]
+        .flatMap(([name, prefix]) => [
+          `  ${name}:`,
+          '    kind: http',
+          `    upstream: ${upstream.url}`,
+          `    secretEnv: ${SECRET_ENV}`,
+          `    envPrefix: ${prefix}`,
+        ])
+        .join('\n'),
     });
   });
   after(async () => {
@@ -158,6 +178,42 @@ describe('API proxy', () => {
     assert.equal(call_?.detail.path, '/stream');
     assert.equal(call_?.detail.status, 200);
     assert.equal(typeof call_?.detail.latencyMs, 'number');
+  });
+
+  it('suspends a grant that uses up its request budget, and records why', async () => {
+    const issued = await grant(['metered:GET /echo']);
+    const get = () => fetch(`${issued.env.METERED_BASE_URL}/echo`, { headers: { authorization: `Bearer ${issued.env.METERED_API_KEY}` } });
+    for (let index = 0; index < 3; index++) assert.equal((await get()).status, 200, `call ${index + 1} of 3`);
+    const over = await get();
+    assert.equal(over.status, 403);
+    const problem = (await over.json()) as { code: string; detail: string };
+    assert.equal(problem.code, 'budget_exceeded');
+    assert.match(problem.detail, /suspended: its budget of 3 requests is used up/);
+    const view = await api<{ state: string; endReason: string }>(broker, broker.token, 'GET', `grants/${issued.id}`);
+    assert.equal(view.body.state, 'suspended');
+    assert.equal((await get()).status, 403, 'and stays suspended');
+    const suspended = (await broker.broker.grants.events(issued.id)).find((event) => event.type === 'grant.suspended');
+    assert.deepEqual(suspended?.detail.budget, { requests: 3 });
+  });
+
+  it('suspends a grant once its responses pass the byte budget', async () => {
+    const issued = await grant(['bytemeter:GET /echo']);
+    const get = () =>
+      fetch(`${issued.env.BYTEMETER_BASE_URL}/echo`, { headers: { authorization: `Bearer ${issued.env.BYTEMETER_API_KEY}` } });
+    let calls = 0;
+    for (;;) {
+      const response = await get();
+      await response.text();
+      if (response.status !== 200) {
+        assert.equal(response.status, 403);
+        break;
+      }
+      calls += 1;
+      assert.ok(calls < 10, 'each echo is a few hundred bytes: the 1000-byte budget ends it within a few calls');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.ok(calls >= 2, `${calls} calls went through before the budget ran out`);
+    assert.equal((await api<{ state: string }>(broker, broker.token, 'GET', `grants/${issued.id}`)).body.state, 'suspended');
   });
 
   it("cuts a revoked grant's stream mid-way and refuses its next call", async () => {

@@ -5,7 +5,7 @@ import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } fro
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newSecret, newTimeOrderedId } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
-import type { BrokerConfig, HttpResource } from '../config.ts';
+import type { BrokerConfig, Budget, HttpResource } from '../config.ts';
 import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { httpEnv } from '../providers/http/proxy.ts';
@@ -84,7 +84,7 @@ export class GrantService {
       heartbeatDeadline: request.heartbeat === false ? NO_HEARTBEAT : now + this.#config.heartbeatTimeoutSeconds * 1000,
       endedAt: null,
       endReason: null,
-      decision: JSON.stringify(decision),
+      decision: JSON.stringify({ ...decision, ...this.#budgetFor(scopes, decision) }),
       ttlSeconds: decision.ttlSeconds,
       activatedAt: pending ? null : now,
       approvalDeadline,
@@ -577,6 +577,49 @@ export class GrantService {
       });
     }
     throw new AuthError(`grant ${grant.id} is no longer active`, { code: 'grant_ended', hint: 'request a new grant with `jit run`' });
+  }
+
+  /**
+   * The tightest budget of the rules that allow a grant's API scopes (docs/http.md#budgets), kept
+   * with the decision; none when no such rule has one.
+   */
+  #budgetFor(scopes: readonly Scope[], decision: AllowedDecision): { budget?: Budget } {
+    const budgets = decision.explanation
+      .filter((scope, index) => this.#config.resources[scopes[index]?.resource ?? '']?.kind === 'http' && scope.rule !== null)
+      .map((scope) => this.#config.rules.find((rule) => rule.name === scope.rule)?.budget)
+      .filter((budget) => budget !== undefined);
+    if (budgets.length === 0) return {};
+    const tightest = (key: keyof Budget) => {
+      const limits = budgets.map((budget) => budget[key]).filter((limit) => limit !== undefined);
+      return limits.length > 0 ? { [key]: Math.min(...limits) } : {};
+    };
+    return { budget: { ...tightest('requests'), ...tightest('bytes') } };
+  }
+
+  /**
+   * Counts an API call (or its response bytes) against the grant's budget. Over budget, the grant
+   * is suspended: it ends at once (its streams cut, its credential refused everywhere), and says
+   * why in the audit trail. Grants without a budget cost no store write.
+   */
+  async consume(grant: GrantRecord, requests: number, bytes: number): Promise<{ allowed: boolean; reason?: string }> {
+    const { budget } = parseDecision(grant) as Decision & { budget?: Budget };
+    if (!budget) return { allowed: true };
+    const usage = await this.#store.addUsage(grant.id, requests, bytes);
+    const over =
+      budget.requests !== undefined && usage.requests > budget.requests
+        ? `its budget of ${budget.requests} requests is used up`
+        : budget.bytes !== undefined && usage.bytes > budget.bytes
+          ? `its budget of ${budget.bytes} bytes is used up (${usage.bytes})`
+          : undefined;
+    if (over === undefined) return { allowed: true };
+    const now = this.#clock.now();
+    const suspended = await this.#store.endGrant(grant.id, 'suspended', over, now);
+    if (suspended) {
+      this.#cutStreams(grant.id);
+      await this.#audit('grant.suspended', suspended, { reason: over, usage, budget, by: 'system' });
+      await this.#ended(suspended);
+    }
+    return { allowed: false, reason: over };
   }
 
   /** A grant's audit trail, oldest first. */

@@ -222,6 +222,17 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX grants_due ON grants (LEAST(expires_at, heartbeat_deadline)) WHERE state = 'active';
     `,
   },
+  {
+    version: 8,
+    name: 'per-grant usage of API budgets',
+    // Counted with one upsert per call, so replicas add up on the same row.
+    sqlite: `
+      CREATE TABLE usage (grant_id TEXT PRIMARY KEY, requests INTEGER NOT NULL, bytes INTEGER NOT NULL);
+    `,
+    postgres: `
+      CREATE TABLE usage (grant_id TEXT PRIMARY KEY, requests BIGINT NOT NULL, bytes BIGINT NOT NULL);
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

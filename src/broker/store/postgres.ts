@@ -331,6 +331,16 @@ export class PostgresStore implements BrokerStore {
     return rows.map((row) => deprovisionFromRow({ row, json: asDecoded }));
   }
 
+  async addUsage(grantId: string, requests: number, bytes: number): Promise<{ requests: number; bytes: number }> {
+    const [row] = await this.#rows(
+      `INSERT INTO usage (grant_id, requests, bytes) VALUES ($1, $2, $3)
+       ON CONFLICT (grant_id) DO UPDATE SET requests = usage.requests + excluded.requests, bytes = usage.bytes + excluded.bytes
+       RETURNING requests, bytes`,
+      [grantId, requests, bytes],
+    );
+    return { requests: Number(row?.requests ?? 0), bytes: Number(row?.bytes ?? 0) };
+  }
+
   async appendEvent(event: AuditEvent): Promise<void> {
     await this.#rows('INSERT INTO events (at, type, subject, grant_id, detail) VALUES ($1, $2, $3, $4, $5)', [
       event.at,

@@ -264,6 +264,15 @@ export class SqliteStore implements BrokerStore {
       .map((row) => deprovisionFromRow({ row, json: fromText }));
   }
 
+  async addUsage(grantId: string, requests: number, bytes: number): Promise<{ requests: number; bytes: number }> {
+    const row = this.#statement(
+      `INSERT INTO usage (grant_id, requests, bytes) VALUES (?, ?, ?)
+         ON CONFLICT (grant_id) DO UPDATE SET requests = requests + excluded.requests, bytes = bytes + excluded.bytes
+         RETURNING requests, bytes`,
+    ).get(grantId, requests, bytes);
+    return { requests: Number(row?.requests ?? 0), bytes: Number(row?.bytes ?? 0) };
+  }
+
   async appendEvent(event: AuditEvent): Promise<void> {
     this.#insertEvent(event);
   }

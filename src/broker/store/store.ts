@@ -266,6 +266,8 @@ export interface BrokerStore {
    * to be claimed again then.
    */
   claimDeprovisions(now: number, leaseUntil: number, limit: number): Promise<DeprovisionRecord[]>;
+  /** Adds to a grant's usage (API budgets) and returns the totals, atomically across replicas. */
+  addUsage(grantId: string, requests: number, bytes: number): Promise<{ requests: number; bytes: number }>;
   appendEvent(event: AuditEvent): Promise<void>;
   /** Appends several events in one transaction (the sweeper's batch), in order. */
   appendEvents(events: readonly AuditEvent[]): Promise<void>;

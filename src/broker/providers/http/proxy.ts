@@ -101,6 +101,14 @@ export function registerHttpProxy(
         });
       }
       await grants.recordDataAccess(check.grant, { resource: name, method: request.method, path, reason: check.reason }, 'data.refused');
+      if (check.grant.state === 'suspended') {
+        return refuse(reply, {
+          status: 403,
+          code: 'budget_exceeded',
+          message: `grant ${check.grant.id} is suspended: ${check.grant.endReason ?? 'over budget'}`,
+          hint: 'request a new grant, or ask a data owner for a larger budget',
+        });
+      }
       return refuse(reply, {
         status: 401,
         code: check.reason,
@@ -129,6 +137,16 @@ export function registerHttpProxy(
       });
     }
 
+    const budget = await grants.consume(grant, 1, 0);
+    if (!budget.allowed) {
+      request.raw.resume();
+      return refuse(reply, {
+        status: 403,
+        code: 'budget_exceeded',
+        message: `grant ${grant.id} is suspended: ${budget.reason}`,
+        hint: 'request a new grant, or ask a data owner for a larger budget',
+      });
+    }
     const secret = await secretOf(name, resource);
     const upstream = new URL(`${resource.upstream}${rest}`);
     const headers = forwardedHeaders(request.headers, resource, secret);
@@ -147,6 +165,8 @@ export function registerHttpProxy(
           latencyMs: Math.round(performance.now() - started),
         };
         grants.recordDataAccess(grant, detail, 'data.call').catch(() => undefined);
+        // Response bytes count against the byte budget once the response is done.
+        if (sent > 0) grants.consume(grant, 0, sent).catch(() => undefined);
       };
       const outgoing = client.request(
         upstream,
@@ -262,8 +282,10 @@ export class SecretRedactor extends Transform {
 
   /** How many bytes at the end of `data` could be the start of the secret (0 almost always). */
   #partialAtEnd(data: Buffer): number {
-    for (let length = Math.min(this.#secret.length - 1, data.length); length > 0; length--) {
-      if (data.subarray(data.length - length).equals(this.#secret.subarray(0, length))) return length;
+    // Only where the secret's first byte occurs in the last secret.length - 1 bytes (rarely at all).
+    const first = this.#secret[0] ?? 0;
+    for (let at = data.indexOf(first, Math.max(0, data.length - this.#secret.length + 1)); at !== -1; at = data.indexOf(first, at + 1)) {
+      if (data.subarray(at).equals(this.#secret.subarray(0, data.length - at))) return data.length - at;
     }
     return 0;
   }
