@@ -48,6 +48,7 @@ export class GrantService {
   /** The postgres provider, when the broker has postgres resources. */
   readonly #tables: TableProvider | undefined;
   #lastReconcile = 0;
+  readonly #budgets = new Map<string, Budget | undefined>();
   readonly #streams = new Map<string, Map<Readable, number>>();
   #sweeping: Promise<number> | undefined;
 
@@ -602,7 +603,7 @@ export class GrantService {
    * why in the audit trail. Grants without a budget cost no store write.
    */
   async consume(grant: GrantRecord, requests: number, bytes: number): Promise<{ allowed: boolean; reason?: string }> {
-    const { budget } = parseDecision(grant) as Decision & { budget?: Budget };
+    const budget = this.#budgetOf(grant);
     if (!budget) return { allowed: true };
     const usage = await this.#store.addUsage(grant.id, requests, bytes);
     const over =
@@ -620,6 +621,15 @@ export class GrantService {
       await this.#ended(suspended);
     }
     return { allowed: false, reason: over };
+  }
+
+  /** A grant's budget, from its (immutable) decision; remembered per grant so a call parses no JSON. */
+  #budgetOf(grant: GrantRecord): Budget | undefined {
+    if (this.#budgets.has(grant.id)) return this.#budgets.get(grant.id);
+    const { budget } = parseDecision(grant) as Decision & { budget?: Budget };
+    if (this.#budgets.size >= 10_000) this.#budgets.delete(this.#budgets.keys().next().value ?? '');
+    this.#budgets.set(grant.id, budget);
+    return budget;
   }
 
   /** A grant's audit trail, oldest first. */
