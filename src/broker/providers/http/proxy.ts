@@ -272,7 +272,10 @@ export class SecretRedactor extends Transform {
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    if (this.#secret.length === 0) return callback(null, chunk);
+    if (this.#secret.length === 0) {
+      callback(null, chunk);
+      return;
+    }
     const data = this.#held.length > 0 ? Buffer.concat([this.#held, chunk]) : Buffer.from(chunk);
     this.#blank(data);
     const keep = this.#partialAtEnd(data);
