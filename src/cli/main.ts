@@ -15,7 +15,12 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const program = buildProgram(COMMANDS, async (definition, command) => {
     const ctx = createContext(
       globalOptions(command.opts(), env),
-      new Output({ json: Boolean(command.opts().json), verbose: Boolean(command.opts().verbose) }),
+      new Output({
+        json: Boolean(command.opts().json),
+        verbose: Boolean(command.opts().verbose),
+        quiet: Boolean(command.opts().quiet),
+        color: command.opts().color !== false,
+      }),
       env,
     );
     ran = { definition, ctx };
@@ -88,6 +93,8 @@ function addGlobalOptions(command: Command): void {
   command
     .option('--json', 'print the result as one JSON document on stdout')
     .option('-v, --verbose', 'say more on stderr')
+    .option('-q, --quiet', 'say less on stderr: results, warnings and errors only')
+    .option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)')
     .option('--profile <name>', 'the local profile to use (env JIT_PROFILE)')
     .addOption(
       new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)').choices(KEYCHAIN_MODES),

@@ -14,6 +14,8 @@ const silentSpinner: Spinner = { text() {}, succeed() {}, fail() {}, stop() {} }
 export class Output {
   readonly json: boolean;
   readonly verbose: boolean;
+  /** -q: only results, warnings and errors; no notices, no spinners. */
+  readonly quiet: boolean;
   readonly color: ChalkInstance;
   readonly #stdout: NodeJS.WritableStream;
   readonly #stderr: NodeJS.WritableStream & { isTTY?: boolean };
@@ -21,14 +23,18 @@ export class Output {
   constructor(options: {
     json: boolean;
     verbose: boolean;
+    quiet?: boolean;
+    /** false: --no-color. */
+    color?: boolean;
     stdout?: NodeJS.WritableStream;
     stderr?: NodeJS.WritableStream & { isTTY?: boolean };
   }) {
     this.json = options.json;
-    this.verbose = options.verbose;
+    this.verbose = options.verbose && !options.quiet;
+    this.quiet = Boolean(options.quiet);
     this.#stdout = options.stdout ?? process.stdout;
     this.#stderr = options.stderr ?? process.stderr;
-    const colorful = !this.json && Boolean(this.#stderr.isTTY) && !process.env.NO_COLOR;
+    const colorful = !this.json && options.color !== false && Boolean(this.#stderr.isTTY) && !process.env.NO_COLOR;
     this.color = new Chalk({ level: colorful ? 1 : 0 });
   }
 
@@ -46,6 +52,7 @@ export class Output {
 
   /** Something the user should see even without -v (who can approve, say), in one line on stderr. */
   notice(message: string): void {
+    if (this.quiet) return;
     this.#stderr.write(`${this.color.dim('jit:')} ${message}\n`);
   }
 
@@ -80,7 +87,7 @@ export class Output {
     // A terminal that reports no width (`script` without a terminal of its own) sends ora 9 into
     // an endless redraw loop, so such terminals get no spinner.
     const columns = (this.#stderr as { columns?: number }).columns;
-    if (this.json || !this.#stderr.isTTY || !columns) return silentSpinner;
+    if (this.json || this.quiet || !this.#stderr.isTTY || !columns) return silentSpinner;
     // ora loads in the background: a quick answer finishes before any spinner shows, and
     // commands that never spin never pay for it.
     let spinner: Ora | undefined;
