@@ -45,6 +45,14 @@ export class BrokerClient {
     });
   }
 
+  /** Needs no token. `date` is the response's HTTP Date header (the broker's clock), when sent. */
+  health(): Promise<{ status: string; version: string; date: string | undefined }> {
+    return this.#call(async (http) => {
+      const response = await http.get<{ status: string; version: string }>('health');
+      return { ...response.body, date: response.headers.date };
+    });
+  }
+
   whoami(): Promise<{ subject: string }> {
     return this.#authed((http) => http.get('whoami').json());
   }

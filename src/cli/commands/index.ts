@@ -9,6 +9,7 @@ import { brokerTokenCreate } from './broker-token-create.ts';
 import { brokerTokenList } from './broker-token-list.ts';
 import { brokerTokenRevoke } from './broker-token-revoke.ts';
 import { deny } from './deny.ts';
+import { doctor } from './doctor.ts';
 import { grants } from './grants.ts';
 import { login } from './login.ts';
 import { logout } from './logout.ts';
@@ -38,4 +39,5 @@ export const COMMANDS: readonly CommandDefinition[] = [
   brokerTokenList,
   brokerTokenRevoke,
   policyExplain,
+  doctor,
 ];

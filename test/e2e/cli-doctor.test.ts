@@ -1,0 +1,166 @@
+import assert from 'node:assert/strict';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import type { LocalGrant } from '../../src/config/local.ts';
+import { jit, testEnv } from '../helpers/cli.ts';
+import { setUp } from './support.ts';
+
+type Check = { name: string; status: 'pass' | 'warn' | 'fail'; detail: string; fix?: string };
+type Report = { checks: Check[]; ok: boolean };
+
+const NAMES = ['broker', 'clock', 'auth', 'keychain', 'config', 'grants'];
+
+async function doctor(env: NodeJS.ProcessEnv, flags: string[] = []): Promise<{ code: number | null; report: Report; stderr: string }> {
+  const result = await jit(['doctor', '--json', ...flags], { env });
+  return { code: result.code, report: JSON.parse(result.stdout) as Report, stderr: result.stderr };
+}
+
+function check(report: Report, name: string): Check {
+  const found = report.checks.find((each) => each.name === name);
+  assert.ok(found, `no ${name} check in ${JSON.stringify(report)}`);
+  return found;
+}
+
+/** A loopback port nothing listens on. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  assert.ok(address && typeof address === 'object');
+  return address.port;
+}
+
+describe('jit doctor', () => {
+  it('passes every check against a healthy broker with the real keychain, in JSON and for a person', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    const { code, report, stderr } = await doctor(places.env);
+    assert.equal(code, 0, stderr);
+    assert.deepEqual(
+      report.checks.map((each) => each.name),
+      NAMES,
+    );
+    for (const each of report.checks) assert.equal(each.status, 'pass', JSON.stringify(each));
+    assert.equal(report.ok, true);
+    assert.match(
+      check(report, 'broker').detail,
+      new RegExp(`^${places.broker.url} \\(JIT_BROKER_URL\\) is up, version \\d+\\.\\d+\\.\\d+`),
+    );
+    assert.equal(check(report, 'auth').detail, 'authenticated as user:admin (JIT_TOKEN)');
+    assert.match(check(report, 'keychain').detail, /^OS keychain via (keytar|napi-keyring): write, read and delete work$/);
+    assert.equal(check(report, 'clock').detail, 'in step with the broker');
+
+    const human = await jit(['doctor'], { env: places.env });
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(human.stdout, /^ok {3}broker {4}http:\/\/127\.0\.0\.1:\d+ \(JIT_BROKER_URL\) is up/m);
+    assert.match(human.stdout, /\n\nAll checks passed\.\n$/);
+    assert.equal(human.stderr, '');
+  });
+
+  it('fails the broker check with a closed port, exits 1, and still reports the rest, leftover grants included', async () => {
+    const brokerUrl = `http://127.0.0.1:${await closedPort()}`;
+    const env = await testEnv({ JIT_BROKER_URL: brokerUrl, JIT_TOKEN: 'jit_not_checked' });
+    // A grant whose revocation never reached the broker: the reaper at start cannot finish it either.
+    const leftover: LocalGrant = {
+      id: 'g_0123456789abcdef0123',
+      profile: 'default',
+      brokerUrl,
+      auth: 'env',
+      scopes: ['datasets/train'],
+      pid: null,
+      wrapper: null,
+      command: 'sleep 30',
+      createdAt: new Date().toISOString(),
+      expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+      state: 'revoke-pending',
+    };
+    const configDir = env.JIT_CONFIG_DIR ?? '';
+    await mkdir(configDir, { recursive: true, mode: 0o700 });
+    await writeFile(path.join(configDir, 'config.json'), JSON.stringify({ profiles: {}, grants: { [leftover.id]: leftover } }), {
+      mode: 0o600,
+    });
+
+    const { code, report } = await doctor(env, ['--keychain', 'memory']);
+    assert.equal(code, 1);
+    assert.equal(report.ok, false);
+    assert.deepEqual(
+      report.checks.map((each) => each.name),
+      NAMES,
+    );
+    const broker = check(report, 'broker');
+    assert.equal(broker.status, 'fail');
+    assert.match(broker.detail, /cannot reach the broker .*connection refused/);
+    assert.match(broker.fix ?? '', /check that it is running/);
+    assert.deepEqual(check(report, 'auth'), { name: 'auth', status: 'warn', detail: 'not checked: the broker is unreachable' });
+    assert.equal(check(report, 'config').status, 'pass');
+    const grants = check(report, 'grants');
+    assert.equal(grants.status, 'warn');
+    assert.match(grants.detail, /1 left over: g_0123456789abcdef0123 \(revoke-pending\)/);
+    assert.match(grants.fix ?? '', /`jit revoke ID`/);
+
+    const human = await jit(['doctor', '--keychain', 'memory'], { env });
+    assert.equal(human.code, 1);
+    assert.match(human.stdout, /^FAIL broker {4}http:\/\/127\.0\.0\.1:\d+ \(JIT_BROKER_URL\): cannot reach the broker/m);
+    assert.match(human.stdout, /^ {15}fix: check that it is running/m);
+    assert.match(human.stdout, /\n\n1 check failed, 4 warnings\.\n$/);
+  });
+
+  it('fails the config check for a 0644 file or a world-writable directory, with the chmod that fixes it', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    const configDir = places.env.JIT_CONFIG_DIR ?? '';
+    const configFile = path.join(configDir, 'config.json');
+    await mkdir(configDir, { recursive: true, mode: 0o700 });
+    await writeFile(configFile, JSON.stringify({ profiles: {}, grants: {} }));
+    await chmod(configFile, 0o644);
+
+    const loose = await doctor(places.env);
+    assert.equal(loose.code, 1, loose.stderr);
+    assert.deepEqual(check(loose.report, 'config'), {
+      name: 'config',
+      status: 'fail',
+      detail: `${configFile} has mode 0644, not 0600`,
+      fix: `chmod 600 ${configFile}`,
+    });
+    assert.equal(check(loose.report, 'broker').status, 'pass');
+
+    await chmod(configFile, 0o600);
+    await chmod(configDir, 0o777);
+    const open = await doctor(places.env);
+    assert.equal(open.code, 1);
+    assert.equal(check(open.report, 'config').status, 'fail');
+    assert.equal(check(open.report, 'config').fix, `chmod 700 ${configDir}`);
+
+    await chmod(configDir, 0o700);
+    const fixed = await doctor(places.env);
+    assert.equal(fixed.code, 0, JSON.stringify(fixed.report));
+    assert.equal(check(fixed.report, 'config').detail, `${configFile} (mode 0600)`);
+  });
+
+  it('warns, without failing, when credentials are kept in memory only', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    const { code, report } = await doctor(places.env, ['--keychain', 'memory']);
+    assert.equal(code, 0);
+    assert.equal(report.ok, true);
+    const keychain = check(report, 'keychain');
+    assert.equal(keychain.status, 'warn');
+    assert.match(keychain.detail, /^memory only/);
+    assert.match(keychain.fix ?? '', /docs\/keychain\.md/);
+  });
+
+  it('fails the auth check for a token the broker refuses, with how to log in', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    const env = { ...places.env, JIT_TOKEN: 'jit_wrong' };
+    const { code, report } = await doctor(env);
+    assert.equal(code, 1);
+    assert.equal(check(report, 'broker').status, 'pass');
+    const auth = check(report, 'auth');
+    assert.equal(auth.status, 'fail');
+    assert.match(auth.fix ?? '', /jit login --broker URL/);
+  });
+});
