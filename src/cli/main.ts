@@ -53,7 +53,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   return result.exitCode ?? ExitCode.ok;
 }
 
-function buildProgram(
+export function buildProgram(
   definitions: readonly CommandDefinition[],
   run: (definition: CommandDefinition, command: Command) => Promise<void>,
 ): Command {

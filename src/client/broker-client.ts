@@ -1,4 +1,5 @@
 import type { Got, HTTPError, RequestError } from 'got';
+import type { Role } from '../core/caller.ts';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
 import type { CreatedToken, TokenRequest, TokenRevocation, TokenView } from '../core/token.ts';
@@ -53,8 +54,13 @@ export class BrokerClient {
     });
   }
 
-  whoami(): Promise<{ subject: string }> {
+  whoami(): Promise<{ subject: string; roles: Role[]; tokenId: string }> {
     return this.#authed((http) => http.get('whoami').json());
+  }
+
+  /** The caller's grants in every state, newest first, as the broker sees them. */
+  listGrants(): Promise<{ grants: GrantView[] }> {
+    return this.#authed((http) => http.get('grants').json());
   }
 
   /** Not retried on its own: a lost response would otherwise issue two grants. */

@@ -167,7 +167,7 @@ describe('jit grants and jit revoke', () => {
       assert.match(grants[0]?.command ?? '', /^node -e /);
       assert.ok(!listed.stdout.includes('jitc_'), 'no credential in the listing');
       const human = await jit(['grants'], { env });
-      assert.match(human.stdout, new RegExp(`^ID +STATE +SCOPES +EXPIRES +PID +COMMAND\\n${id} +active +datasets/train `));
+      assert.match(human.stdout, new RegExp(`^ID +STATE +SCOPES +EXPIRES +TIME LEFT +PID +COMMAND\\n${id} +active +datasets/train `));
 
       const revoked = await jit(['revoke', id ?? ''], { env });
       assert.equal(revoked.code, 0, revoked.stderr);

@@ -8,6 +8,7 @@ import { brokerStart } from './broker-start.ts';
 import { brokerTokenCreate } from './broker-token-create.ts';
 import { brokerTokenList } from './broker-token-list.ts';
 import { brokerTokenRevoke } from './broker-token-revoke.ts';
+import { completion } from './completion.ts';
 import { deny } from './deny.ts';
 import { doctor } from './doctor.ts';
 import { grants } from './grants.ts';
@@ -18,11 +19,13 @@ import { renew } from './renew.ts';
 import { request } from './request.ts';
 import { revoke } from './revoke.ts';
 import { run } from './run.ts';
+import { whoami } from './whoami.ts';
 
 /** Every command jit has, in the order `jit --help` lists them. */
 export const COMMANDS: readonly CommandDefinition[] = [
   login,
   logout,
+  whoami,
   run,
   request,
   grants,
@@ -39,5 +42,6 @@ export const COMMANDS: readonly CommandDefinition[] = [
   brokerTokenList,
   brokerTokenRevoke,
   policyExplain,
+  completion,
   doctor,
 ];
