@@ -11,6 +11,7 @@ import { brokerTokenRevoke } from './broker-token-revoke.ts';
 import { completion } from './completion.ts';
 import { deny } from './deny.ts';
 import { doctor } from './doctor.ts';
+import { env } from './env.ts';
 import { grants } from './grants.ts';
 import { login } from './login.ts';
 import { logout } from './logout.ts';
@@ -28,6 +29,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
   whoami,
   run,
   request,
+  env,
   grants,
   renew,
   revoke,
