@@ -5,7 +5,14 @@ import { sameUrl } from '../core/url.ts';
 import { accounts, type KeychainMode, openSecretStore, type SecretStore } from '../secrets/store.ts';
 import type { Output } from './output.ts';
 
-export type GlobalOptions = { json: boolean; verbose: boolean; profile: string; keychain: KeychainMode };
+export type GlobalOptions = {
+  json: boolean;
+  verbose: boolean;
+  profile: string;
+  keychain: KeychainMode;
+  /** --broker: this command's broker, in place of JIT_BROKER_URL and the profile's. */
+  broker?: string;
+};
 
 export type Session = { client: BrokerClient; profile: string; brokerUrl: string; auth: GrantAuth };
 
@@ -18,6 +25,8 @@ export type Context = {
   env: NodeJS.ProcessEnv;
   out: Output;
   config: LocalConfig;
+  /** Whether a prompt may be shown: a person at a terminal (see Output.interactive) and `CI` unset. */
+  readonly interactive: boolean;
   secrets(): Promise<SecretStore>;
   session(): Promise<Session>;
   /** A client for a grant in the local index, with the same kind of token that requested it (or none). */
@@ -27,6 +36,8 @@ export type Context = {
 export function createContext(options: GlobalOptions, out: Output, env: NodeJS.ProcessEnv = process.env): Context {
   const config = new LocalConfig(env.JIT_CONFIG_DIR || undefined);
   let secrets: Promise<SecretStore> | undefined;
+  // --broker counts as an explicitly given broker URL, exactly like JIT_BROKER_URL (and wins over it).
+  const explicitBrokerUrl = options.broker || env.JIT_BROKER_URL || undefined;
 
   const openSecrets = () => {
     secrets ??= openSecretStore(options.keychain, bindingOverride(env)).then((store) => {
@@ -39,12 +50,12 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
   };
 
   /**
-   * A token is only ever sent to the broker it belongs to: JIT_TOKEN to JIT_BROKER_URL, a
-   * profile's keychain token to that profile's broker. Anything else would hand a standing token
-   * to whatever URL an environment variable names.
+   * A token is only ever sent to the broker it belongs to: JIT_TOKEN to the URL given explicitly
+   * (--broker, else JIT_BROKER_URL), a profile's keychain token to that profile's broker. Anything
+   * else would hand a standing token to whatever URL a flag or an environment variable names.
    */
   const credentials = async (profile: string, brokerUrl: string, auth: GrantAuth): Promise<string | undefined> => {
-    if (auth === 'env') return env.JIT_TOKEN && env.JIT_BROKER_URL && sameUrl(env.JIT_BROKER_URL, brokerUrl) ? env.JIT_TOKEN : undefined;
+    if (auth === 'env') return env.JIT_TOKEN && explicitBrokerUrl && sameUrl(explicitBrokerUrl, brokerUrl) ? env.JIT_TOKEN : undefined;
     const profileUrl = config.profile(profile)?.brokerUrl;
     return profileUrl && sameUrl(profileUrl, brokerUrl) ? (await openSecrets()).get(accounts.token(profile)) : undefined;
   };
@@ -54,16 +65,19 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
     env,
     out,
     config,
+    get interactive() {
+      return out.interactive && !env.CI;
+    },
     secrets: openSecrets,
     async session() {
       const profile = options.profile;
-      if (env.JIT_TOKEN && !env.JIT_BROKER_URL) {
+      if (env.JIT_TOKEN && !explicitBrokerUrl) {
         throw new UsageError('JIT_TOKEN is set but JIT_BROKER_URL is not', {
-          hint: 'set both (a token is only sent to the broker it is for)',
+          hint: 'set both, or pass --broker (a token is only sent to the broker it is for)',
         });
       }
       const auth: GrantAuth = env.JIT_TOKEN ? 'env' : 'profile';
-      const brokerUrl = env.JIT_BROKER_URL || config.profile(profile)?.brokerUrl;
+      const brokerUrl = explicitBrokerUrl || config.profile(profile)?.brokerUrl;
       if (!brokerUrl) {
         throw new AuthError(`no broker configured for profile "${profile}"`, {
           hint: 'run `jit login --broker URL`, or set JIT_BROKER_URL and JIT_TOKEN',

@@ -1,5 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, JitError, UsageError } from '../core/errors.ts';
+import { canonicalUrl } from '../core/url.ts';
 import { VERSION } from '../core/version.ts';
 import { reapLeftovers } from '../runner/reap.ts';
 import { KEYCHAIN_MODES, type KeychainMode, parseKeychainMode } from '../secrets/store.ts';
@@ -35,7 +36,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   } catch (error) {
     if (error instanceof CommanderError) {
       if (['commander.helpDisplayed', 'commander.help', 'commander.version'].includes(error.code)) return ExitCode.ok;
-      const command = commandPathIn(error.code === 'commander.unknownCommand' ? argv.slice(0, argv[0] === 'broker' ? 1 : 0) : argv);
+      const command = commandPathIn(argv, error.code === 'commander.unknownCommand');
       const message = error.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
       fallbackOut().error(new UsageError(message, { code: 'usage', hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage` }));
       return ExitCode.usage;
@@ -90,6 +91,10 @@ export function buildProgram(
 const QUIET_ERRORS = { outputError: () => {} };
 
 function addGlobalOptions(command: Command): void {
+  // `jit login --broker URL` declares its own (the same meaning: the broker to use).
+  if (!command.options.some((option) => option.long === '--broker')) {
+    command.option('--broker <url>', 'the broker for this command, like JIT_BROKER_URL (env JIT_BROKER_URL)');
+  }
   command
     .option('--json', 'print the result as one JSON document on stdout')
     .option('-v, --verbose', 'say more on stderr')
@@ -108,16 +113,29 @@ function globalOptions(options: Record<string, unknown>, env: NodeJS.ProcessEnv)
     verbose: Boolean(options.verbose),
     profile: String(options.profile ?? env.JIT_PROFILE ?? 'default'),
     keychain,
+    ...(typeof options.broker === 'string' ? { broker: brokerFlag(options.broker) } : {}),
   };
 }
 
-/** The command words of argv before its first flag, for the usage hint. */
-function commandPathIn(argv: string[]): string {
+function brokerFlag(url: string): string {
+  if (!/^https?:\/\/[^/]+/.test(url))
+    throw new UsageError(`--broker "${url}" is not an http(s) URL`, { hint: 'e.g. --broker http://127.0.0.1:8420' });
+  return canonicalUrl(url);
+}
+
+/**
+ * The command words of argv before its first flag, for the usage hint: the groups' words (`broker
+ * token`, `config`), then the command's own word unless the command is the unknown one.
+ */
+function commandPathIn(argv: string[], unknownCommand: boolean): string {
   const words: string[] = [];
   for (const word of argv) {
     if (word.startsWith('-')) break;
+    const prefix = [...words, word].join(' ');
+    const isGroup = COMMANDS.some((definition) => definition.path.startsWith(`${prefix} `));
+    if (!isGroup && unknownCommand) break;
     words.push(word);
-    if (word !== 'broker') break;
+    if (!isGroup) break;
   }
   return words.join(' ');
 }

@@ -63,6 +63,11 @@ export class LocalConfig {
     return this.#conf.path;
   }
 
+  /** Every profile by name, sorted by name. */
+  profiles(): [string, Profile][] {
+    return Object.entries(this.#conf.get('profiles')).sort(([a], [b]) => a.localeCompare(b));
+  }
+
   profile(name: string): Profile | undefined {
     return this.#conf.get('profiles')[name];
   }

@@ -223,7 +223,7 @@ test('on a CI runner without a keychain (JIT_KEYCHAIN=memory), `jit revoke --all
   const grantId = variables.JIT_GRANT_ID ?? '';
   assert.equal((await readGranted(places.broker.url, variables.JIT_FILES_TOKEN ?? '', GRANTED_FILE)).status, 200);
   assert.deepEqual(Object.keys(await localGrants(places.env)), [grantId], 'the index outlives the step');
-  const cleanup = await jit(['revoke', '--all'], { env: runner });
+  const cleanup = await jit(['revoke', '--all', '--yes'], { env: runner });
   assert.equal(cleanup.code, 0, cleanup.stderr);
   assert.match(cleanup.stdout, new RegExp(`^${grantId}: revoked at ${(await brokerGrant(places.broker, grantId)).endedAt}`));
   await assertReleased(places, grantId);
@@ -264,7 +264,7 @@ describe('jit env leaves nothing behind when it cannot print a grant', () => {
     const [grantId] = Object.keys(await localGrants(places.env));
     assert.ok(grantId, 'the pending request is indexed for the cleanup step');
     assert.match(result.stderr, new RegExp(`^jit: error: grant ${grantId} needs approval by [^;]+; no variables printed; pass --wait`));
-    const cleanup = await jit(['revoke', '--all'], { env: places.env });
+    const cleanup = await jit(['revoke', '--all', '--yes'], { env: places.env });
     assert.equal(cleanup.code, 0, cleanup.stderr);
     await assertReleased(places, grantId, 'cancelled');
   });

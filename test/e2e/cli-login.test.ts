@@ -190,7 +190,7 @@ describe('jit grants and jit revoke', () => {
     try {
       await Promise.all(jobs.map((job) => job.readUntil('stdout', /up/)));
       assert.equal((await activeGrants(broker)).length, 2);
-      const result = await jit(['revoke', '--all', '--json'], { env });
+      const result = await jit(['revoke', '--all', '--yes', '--json'], { env });
       assert.equal(result.code, 0, result.stderr);
       assert.equal((JSON.parse(result.stdout) as { revoked: unknown[] }).revoked.length, 2);
       assert.deepEqual(await activeGrants(broker), []);

@@ -9,6 +9,7 @@ import { brokerTokenCreate } from './broker-token-create.ts';
 import { brokerTokenList } from './broker-token-list.ts';
 import { brokerTokenRevoke } from './broker-token-revoke.ts';
 import { completion } from './completion.ts';
+import { configList, configPath, configSet } from './config.ts';
 import { deny } from './deny.ts';
 import { doctor } from './doctor.ts';
 import { env } from './env.ts';
@@ -46,4 +47,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
   policyExplain,
   completion,
   doctor,
+  configList,
+  configSet,
+  configPath,
 ];
