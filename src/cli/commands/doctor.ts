@@ -32,8 +32,9 @@ export const doctor: CommandDefinition = {
 /** broker (reachable, version), clock (skew from the health response's Date header) and auth (whoami). */
 async function brokerChecks(ctx: Context): Promise<Check[]> {
   const profile = ctx.options.profile;
-  const fromEnv = Boolean(ctx.env.JIT_BROKER_URL);
-  const brokerUrl = ctx.env.JIT_BROKER_URL || ctx.config.profile(profile)?.brokerUrl;
+  // --broker, then JIT_BROKER_URL, then the profile's: the same choice every command makes.
+  const fromEnv = Boolean(ctx.options.broker || ctx.env.JIT_BROKER_URL);
+  const brokerUrl = ctx.options.broker || ctx.env.JIT_BROKER_URL || ctx.config.profile(profile)?.brokerUrl;
   const loginFix = `run \`jit login --broker ${brokerUrl ?? 'URL'}\``;
   if (!brokerUrl) {
     const detail = `no broker configured for profile "${profile}" and JIT_BROKER_URL is not set`;

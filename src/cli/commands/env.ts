@@ -38,7 +38,7 @@ export const env: CommandDefinition = {
           '',
           'This command prints live credentials on stdout (or writes them to $GITHUB_ENV): that is its job.',
           'Send its output only where the step needs it, e.g. eval "$(jit env --scope datasets/train)".',
-          'The grant is not kept alive by any process: it ends at its TTL, or at `jit revoke ID` / `jit revoke --all`',
+          'The grant is not kept alive by any process: it ends at its TTL, or at `jit revoke ID` / `jit revoke --all --yes`',
           "in the job's cleanup step. Errors and progress never contain the secrets. See docs/ci.md.",
         ].join('\n'),
       ),
@@ -88,7 +88,7 @@ export const env: CommandDefinition = {
     let grant: GrantView = view;
     if (grant.state === 'pending') {
       if (!options.wait) {
-        // Left pending and indexed: the job's cleanup step (`jit revoke --all`) cancels it.
+        // Left pending and indexed: the job's cleanup step (`jit revoke --all --yes`) cancels it.
         throw new PendingError(`grant ${grant.id} needs approval by ${describeApproval(grant)}; no variables printed`, {
           code: 'approval_pending',
           hint: `pass --wait to wait for the decision; the request stays pending until \`jit revoke ${grant.id}\``,
