@@ -44,7 +44,7 @@ export async function grantToReview(
       throw new UsageError(`"${given}" is not a grant id`, { hint: 'see `jit approvals` for the requests waiting for you' });
     return given;
   }
-  if (!ctx.out.interactive) {
+  if (!ctx.interactive) {
     throw new UsageError(`name the grant to ${verb} (there is no terminal to pick one on)`, {
       hint: `list the requests waiting for you with \`jit approvals\`, then \`jit ${verb} ID\``,
     });

@@ -81,7 +81,7 @@ describe('jit login / logout on the real keychain', () => {
   it('refuses to take a token without --token-stdin when there is no terminal to prompt on', async () => {
     const result = await jit(['login', '--broker', broker.url], { env: await testEnv() });
     assert.equal(result.code, 2);
-    assert.match(result.stderr, /no token given and no terminal to prompt on; pipe it in with --token-stdin/);
+    assert.match(result.stderr, /no token given and no terminal to prompt on \(or CI is set\); pipe it in with --token-stdin/);
   });
 });
 

@@ -19,7 +19,7 @@ export const login: CommandDefinition = {
     if (!brokerUrl) throw new UsageError('no broker URL given', { hint: 'pass --broker URL' });
     if (!/^https?:\/\/[^/]+/.test(brokerUrl))
       throw new UsageError(`"${brokerUrl}" is not an http(s) URL`, { hint: 'e.g. --broker http://127.0.0.1:8420' });
-    const token = await readToken(Boolean(options.tokenStdin), ctx.out.json);
+    const token = await readToken(Boolean(options.tokenStdin), ctx.out.json || Boolean(ctx.env.CI));
     const secrets = await ctx.secrets();
     if (secrets.backend === 'memory') {
       throw new KeychainError('no OS keychain to keep the token in', {
@@ -47,7 +47,7 @@ async function readToken(fromStdin: boolean, noPrompt: boolean): Promise<string>
     return token;
   }
   if (noPrompt || !process.stdin.isTTY) {
-    throw new UsageError('no token given and no terminal to prompt on', { hint: 'pipe it in with --token-stdin' });
+    throw new UsageError('no token given and no terminal to prompt on (or CI is set)', { hint: 'pipe it in with --token-stdin' });
   }
   const { password } = await import('@inquirer/prompts');
   return (await password({ message: 'API token', mask: true }, { output: process.stderr })).trim();
