@@ -11,6 +11,12 @@ if (major < 22 || (major === 22 && minor < 13)) {
   );
   process.exit(1);
 }
+// `jit --version` needs nothing of the CLI: answer it before loading any of it.
+if (process.argv.length === 3 && process.argv[2] === '--version') {
+  const { readFileSync } = await import('node:fs');
+  process.stdout.write(`${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}\n`);
+  process.exit(0);
+}
 const source = new URL('../src/cli/main.ts', import.meta.url);
 const entry = process.features.typescript && existsSync(source) ? await import(source.href) : await import('../dist/cli/main.js');
 const code = await entry.main(process.argv.slice(2));
