@@ -414,6 +414,7 @@ export class FsBackend implements ObjectBackend {
   private async receive(body: Readable): Promise<{ temp: string; md5: Buffer; stats: BigIntStats }> {
     const temp = path.join(await this.staging(await this.root(), 'tmp'), randomBytes(12).toString('hex'));
     const hash = createHash('md5');
+    const out = createWriteStream(temp, { flags: 'wx', flush: true });
     try {
       await pipeline(
         body,
@@ -424,10 +425,13 @@ export class FsBackend implements ObjectBackend {
             yield bytes;
           }
         },
-        createWriteStream(temp, { flags: 'wx', flush: true }),
+        out,
       );
       return { temp, md5: hash.digest(), stats: await stat(temp, { bigint: true }) };
     } catch (error) {
+      // A body that fails early can beat the file's own open: wait for the stream to close, or
+      // the file would appear after it was removed.
+      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
       await rm(temp, { force: true });
       throw error;
     }
