@@ -202,6 +202,10 @@ describe('jit config', () => {
     assert.equal(run.code, 0, run.stderr);
     const [grant] = await brokerGrants(places.broker);
     assert.equal(grant?.ttlSeconds, 90 * 60, '`jit run` without --ttl asks for the default TTL just set');
+    const requested = await jit(['request', '--profile', profile, '--scope', 'datasets/train', '--json'], { env });
+    assert.equal(requested.code, 0, requested.stderr);
+    assert.equal((JSON.parse(requested.stdout) as { ttlSeconds: number }).ttlSeconds, 90 * 60, '`jit request` too');
+    assert.equal((await jit(['revoke', '--all', '--yes', '--profile', profile], { env })).code, 0);
 
     const empty = await jit(['config', 'list'], { env: { ...env, JIT_CONFIG_DIR: path.join(env.HOME ?? '', 'empty') } });
     assert.equal(empty.code, 0, empty.stderr);

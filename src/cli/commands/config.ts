@@ -27,8 +27,9 @@ export const configList: CommandDefinition = {
 
 export const configSet: CommandDefinition = {
   path: 'config set',
-  summary: "change a profile's settings (--default-ttl, the TTL `jit run` asks for without --ttl)",
-  define: (command) => command.requiredOption('--default-ttl <duration>', 'the TTL `jit run` asks for when given no --ttl, e.g. 30m'),
+  summary: "change a profile's settings (--default-ttl, the TTL jit run, request and env ask for without --ttl)",
+  define: (command) =>
+    command.requiredOption('--default-ttl <duration>', 'the TTL jit run, jit request and jit env ask for when given no --ttl, e.g. 30m'),
   async handler({ options }, ctx) {
     const name = ctx.options.profile;
     const defaultTtl = formatDuration(parseDuration(String(options.defaultTtl), '--default-ttl'));

@@ -48,7 +48,9 @@ export const env: CommandDefinition = {
     const destination =
       format === 'github' ? ({ to: 'github', file: githubEnvFile(ctx.env) } as const) : ({ to: 'stdout', format } as const);
     const scopes = (options.scope as string[]).map((text) => formatScope(parseScope(text)));
-    const ttlSeconds = options.ttl === undefined ? undefined : parseDuration(String(options.ttl), '--ttl');
+    // As `jit run`: --ttl, else the profile's default TTL (`jit config set --default-ttl`), else the policy's.
+    const ttl = options.ttl === undefined ? ctx.config.profile(ctx.options.profile)?.defaultTtl : String(options.ttl);
+    const ttlSeconds = ttl === undefined ? undefined : parseDuration(ttl, '--ttl');
     const waitTimeoutMs =
       options.waitTimeout === undefined ? undefined : parseDuration(String(options.waitTimeout), '--wait-timeout') * 1000;
     const { client, profile, brokerUrl, auth } = await ctx.session();
