@@ -8,7 +8,7 @@ import pg from 'pg';
 import { grantIdFromRole, roleNameFor } from '../../src/broker/providers/postgres/contracts.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
 import { newTimeOrderedId } from '../../src/core/ids.ts';
-import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { api, createToken, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { createTestDatabase, postgresSkipReason, type TestDatabase } from '../helpers/postgres.ts';
 import { waitFor } from '../helpers/state.ts';
 
@@ -22,6 +22,13 @@ const POLICY = `policy:
       actions: [select, insert, update, delete]
       defaultTtl: 1h
       maxTtl: 8h
+    - name: ana-orders-approved
+      subjects: ["user:ana"]
+      scopes: ["warehouse/public.orders"]
+      actions: [select]
+      defaultTtl: 1h
+      maxTtl: 2h
+      approval: { required: true, approvers: ["user:pat"], count: 1 }
 `;
 
 /**
@@ -240,6 +247,28 @@ describe('postgres provider: roles live and die with grants', { skip }, () => {
     assert.equal((await api<GrantView>(broker, broker.token, 'GET', `grants/${issued.id}`)).body.deprovision, undefined);
     const events = (await broker.broker.grants.events(issued.id)).map((event) => event.type);
     assert.ok(events.includes('grant.deprovision_failed') && events.includes('grant.deprovisioned'), events.join(', '));
+  });
+
+  it('a table grant that waits for approval has a role that cannot log in until approved', async () => {
+    const ana = await createToken(broker, 'user:ana', ['requester']);
+    const pat = await createToken(broker, 'user:pat', ['approver']);
+    const requested = await api<IssuedGrant>(broker, ana, 'POST', 'grants', {
+      scopes: ['warehouse/public.orders:select'],
+      heartbeat: false,
+    });
+    assert.equal(requested.status, 202);
+    const role = roleNameFor(requested.body.id);
+    const canLogin = async () => (await admin.query('SELECT rolcanlogin, rolvaliduntil FROM pg_roles WHERE rolname = $1', [role])).rows[0];
+    assert.equal((await canLogin()).rolcanlogin, false, 'NOLOGIN while pending');
+    const approved = await api<GrantView>(broker, pat, 'POST', `grants/${requested.body.id}/approve`, {});
+    assert.equal(approved.body.state, 'active');
+    const after = await canLogin();
+    assert.equal(after.rolcanlogin, true, 'LOGIN once approved');
+    assert.equal(new Date(after.rolvaliduntil).toISOString(), approved.body.expiresAt, 'valid until the expiry approval set');
+    const session = await connectAs(requested.body);
+    assert.equal((await session.query('SELECT count(*)::int AS n FROM public.orders')).rows[0].n, 1);
+    await api(broker, ana, 'DELETE', `grants/${requested.body.id}`);
+    assert.equal(await roleExists(requested.body.id), false);
   });
 
   it('the reconciler drops a role of this database whose grant does not exist, and no other', async (t) => {
