@@ -1,7 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import envPaths from 'env-paths';
+import Conf from 'conf';
 import { ExitCode, JitError } from '../core/errors.ts';
 
 const LOCK_WAIT_MS = 5_000;
@@ -46,68 +45,18 @@ type Schema = {
   grants: Record<string, LocalGrant>;
 };
 
-/**
- * The file itself: JSON, mode 0600, replaced whole by an atomic rename on every write, read afresh
- * on every access (other jit processes write it too). Where `conf` kept it before (the platform's
- * config directory for "jit", or JIT_CONFIG_DIR), so nothing moves; `conf` itself is gone because
- * loading it (ajv and all) cost every command about 60 ms.
- */
-class JsonFile {
-  readonly path: string;
-
-  constructor(directory: string | undefined) {
-    this.path = path.join(directory ?? envPaths('jit', { suffix: '' }).config, 'config.json');
-  }
-
-  get<K extends keyof Schema>(key: K): Schema[K] {
-    return this.#read()[key];
-  }
-
-  set<K extends keyof Schema>(key: K, value: Schema[K]): void {
-    this.write({ ...this.#read(), [key]: value });
-  }
-
-  /** Creates the file with empty defaults when it is not there yet, as every command expects. */
-  ensure(): void {
-    if (!statSync(this.path, { throwIfNoEntry: false })) this.write({ profiles: {}, grants: {} });
-  }
-
-  write(data: Schema): void {
-    mkdirSync(path.dirname(this.path), { recursive: true, mode: 0o700 });
-    const temp = `${this.path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-    try {
-      writeFileSync(temp, `${JSON.stringify(data, undefined, '\t')}\n`, { mode: 0o600 });
-      renameSync(temp, this.path);
-    } finally {
-      rmSync(temp, { force: true });
-    }
-  }
-
-  #read(): Schema {
-    let text: string;
-    try {
-      text = readFileSync(this.path, 'utf8');
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { profiles: {}, grants: {} };
-      throw error;
-    }
-    try {
-      const data = JSON.parse(text) as Partial<Schema>;
-      return { profiles: data.profiles ?? {}, grants: data.grants ?? {} };
-    } catch {
-      throw new JitError(`the local config ${this.path} is not valid JSON`, ExitCode.unexpected, 500, 'config_unreadable', {
-        hint: 'fix it by hand, or move it away to start afresh (it holds profiles and the index of live grants, no secrets)',
-      });
-    }
-  }
-}
-
 export class LocalConfig {
-  readonly #conf: JsonFile;
+  readonly #conf: Conf<Schema>;
 
   constructor(directory?: string) {
-    this.#conf = new JsonFile(directory);
-    this.#conf.ensure();
+    this.#conf = new Conf<Schema>({
+      projectName: 'jit',
+      projectSuffix: '',
+      configName: 'config',
+      configFileMode: 0o600,
+      defaults: { profiles: {}, grants: {} },
+      ...(directory ? { cwd: directory } : {}),
+    });
   }
 
   get path(): string {

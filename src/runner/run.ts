@@ -320,10 +320,10 @@ function runChild(
  * the whole foreground group is not sent again. The first one starts the grace period, after
  * which the child gets SIGKILL.
  *
- * While it runs it is the only listener for those signals: a library's exit hook (when-exit, as
- * the former config library loaded) may send the first signal back to this process with
- * process.kill even when others listen, and jit would relay it twice. The listeners it sets aside
- * come back on dispose; their exit-time cleanup still runs on the 'exit' event when jit ends normally.
+ * While it runs it is the only listener for those signals: conf (through atomically) loads
+ * when-exit, whose listener sends the first signal back to this process with process.kill even
+ * when others listen, so jit would relay it twice. The listeners it sets aside come back on
+ * dispose; their exit-time cleanup still runs on the 'exit' event when jit ends normally.
  */
 class SignalRelay {
   received: NodeJS.Signals | undefined;
