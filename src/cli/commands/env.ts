@@ -1,14 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { appendFile } from 'node:fs/promises';
-import { releaseOrDefer } from '../../client/release.ts';
 import { describeApproval } from '../../core/approval.ts';
-import { parseDuration } from '../../core/duration.ts';
 import { type JitError, PendingError, UsageError } from '../../core/errors.ts';
 import type { GrantView } from '../../core/grant.ts';
-import { formatScope, parseScope } from '../../core/scope.ts';
-import { keepCredential } from '../../runner/held.ts';
 import { waitForApproval } from '../../runner/wait.ts';
 import type { CommandDefinition } from '../command.ts';
+import { requestedTtlSeconds, requestUnheld, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -47,45 +44,17 @@ export const env: CommandDefinition = {
     // Checked before anything is requested: a step that cannot receive the variables must not leave a grant behind.
     const destination =
       format === 'github' ? ({ to: 'github', file: githubEnvFile(ctx.env) } as const) : ({ to: 'stdout', format } as const);
-    const scopes = (options.scope as string[]).map((text) => formatScope(parseScope(text)));
-    // As `jit run`: --ttl, else the profile's default TTL (`jit config set --default-ttl`), else the policy's.
-    const ttl = options.ttl === undefined ? ctx.config.profile(ctx.options.profile)?.defaultTtl : String(options.ttl);
-    const ttlSeconds = ttl === undefined ? undefined : parseDuration(ttl, '--ttl');
-    const waitTimeoutMs =
-      options.waitTimeout === undefined ? undefined : parseDuration(String(options.waitTimeout), '--wait-timeout') * 1000;
-    const { client, profile, brokerUrl, auth } = await ctx.session();
-    const secrets = await ctx.secrets();
-    // No process holds it (heartbeat: false): it ends by its TTL or by `jit revoke` in the cleanup step.
-    const issued = await client.requestGrant({
-      scopes,
+    const ttlSeconds = requestedTtlSeconds(ctx, options.ttl);
+    const timeoutMs = waitTimeoutMs(options.waitTimeout);
+    // Kept exactly as `jit request` keeps a grant (no process holds it; it ends by its TTL or by
+    // `jit revoke` in the cleanup step), so `jit revoke ID` / `--all` finds it.
+    const { issued, entry, client, release } = await requestUnheld(ctx, {
+      scopes: options.scope as string[],
       ttlSeconds,
-      reason: options.reason === undefined ? undefined : String(options.reason),
-      heartbeat: false,
+      reason: options.reason,
+      command: '(jit env)',
     });
     const { credential, env: grantEnv, ...view } = issued;
-    // Indexed and kept exactly as `jit request` keeps a grant, so `jit revoke ID` / `--all` finds it.
-    const entry = {
-      id: issued.id,
-      profile,
-      brokerUrl,
-      auth,
-      scopes: issued.scopes,
-      pid: null,
-      wrapper: null,
-      command: '(jit env)',
-      createdAt: issued.createdAt,
-      expiresAt: issued.expiresAt,
-      approvalDeadline: issued.approval?.deadline ?? null,
-      state: issued.state === 'pending' ? ('pending' as const) : ('active' as const),
-    };
-    ctx.config.putGrant(entry);
-    const release = () => releaseOrDefer(issued.id, { client, config: ctx.config, secrets });
-    try {
-      await keepCredential(secrets, issued.id, { credential, env: grantEnv });
-    } catch (error) {
-      await release();
-      throw error;
-    }
 
     let grant: GrantView = view;
     if (grant.state === 'pending') {
@@ -101,7 +70,7 @@ export const env: CommandDefinition = {
         grant = await waitForApproval(ctx, grant, {
           poll: () => client.getGrant(issued.id),
           intervalMs: 2_000,
-          timeoutMs: waitTimeoutMs,
+          timeoutMs,
           timeoutHint: `it stays pending: ask ${describeApproval(grant)} to review it, or cancel it with \`jit revoke ${grant.id}\``,
         });
       } catch (error) {

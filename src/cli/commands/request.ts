@@ -1,12 +1,9 @@
-import { forgetGrant } from '../../client/release.ts';
 import { describeApproval } from '../../core/approval.ts';
-import { parseDuration } from '../../core/duration.ts';
 import { PendingError } from '../../core/errors.ts';
 import type { GrantView } from '../../core/grant.ts';
-import { formatScope, parseScope } from '../../core/scope.ts';
-import { keepCredential } from '../../runner/held.ts';
 import { waitForApproval } from '../../runner/wait.ts';
 import type { CommandDefinition } from '../command.ts';
+import { requestedTtlSeconds, requestUnheld, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -21,38 +18,15 @@ export const request: CommandDefinition = {
       .option('--wait', 'if it needs approval, wait for the decision (exit 0 approved, 4 denied, 9 still pending)')
       .option('--wait-timeout <duration>', 'with --wait: give up waiting after this long (the request stays pending)'),
   async handler({ options }, ctx) {
-    const scopes = (options.scope as string[]).map((text) => formatScope(parseScope(text)));
-    // As `jit run`: --ttl, else the profile's default TTL (`jit config set --default-ttl`), else the policy's.
-    const ttl = options.ttl === undefined ? ctx.config.profile(ctx.options.profile)?.defaultTtl : String(options.ttl);
-    const ttlSeconds = ttl === undefined ? undefined : parseDuration(ttl, '--ttl');
-    const waitTimeoutMs =
-      options.waitTimeout === undefined ? undefined : parseDuration(String(options.waitTimeout), '--wait-timeout') * 1000;
-    const { client, profile, brokerUrl, auth } = await ctx.session();
-    const secrets = await ctx.secrets();
-    // No process holds it: its heartbeat clock starts when `jit run --grant` picks it up.
-    const issued = await client.requestGrant({
-      scopes,
-      ttlSeconds,
-      reason: options.reason === undefined ? undefined : String(options.reason),
-      heartbeat: false,
-    });
-    const { credential, env, ...view } = issued;
-    const entry = {
-      id: issued.id,
-      profile,
-      brokerUrl,
-      auth,
-      scopes: issued.scopes,
-      pid: null,
-      wrapper: null,
+    // Flags are checked before anything is requested: a bad one leaves no grant behind.
+    const timeoutMs = waitTimeoutMs(options.waitTimeout);
+    const { issued, entry, client, release } = await requestUnheld(ctx, {
+      scopes: options.scope as string[],
+      ttlSeconds: requestedTtlSeconds(ctx, options.ttl),
+      reason: options.reason,
       command: '(jit request)',
-      createdAt: issued.createdAt,
-      expiresAt: issued.expiresAt,
-      approvalDeadline: issued.approval?.deadline ?? null,
-      state: issued.state === 'pending' ? ('pending' as const) : ('active' as const),
-    };
-    ctx.config.putGrant(entry);
-    await keepCredential(secrets, issued.id, { credential, env });
+    });
+    const { credential: _credential, env: _env, ...view } = issued;
 
     let grant: GrantView = view;
     if (grant.state === 'pending' && options.wait) {
@@ -60,13 +34,12 @@ export const request: CommandDefinition = {
         grant = await waitForApproval(ctx, grant, {
           poll: () => client.getGrant(issued.id),
           intervalMs: 2_000,
-          timeoutMs: waitTimeoutMs,
+          timeoutMs,
           timeoutHint: `it stays pending: ask ${describeApproval(grant)} to review it (\`jit approve ${grant.id}\`), then \`jit run --grant ${grant.id} -- COMMAND\``,
         });
       } catch (error) {
         // Denied or timed out on the broker: nothing left to hold. Our own wait running out leaves it pending.
-        if (!(error instanceof PendingError && error.code === 'approval_wait_timeout'))
-          await forgetGrant(issued.id, { config: ctx.config, secrets });
+        if (!(error instanceof PendingError && error.code === 'approval_wait_timeout')) await release();
         throw error;
       }
       ctx.config.putGrant({ ...entry, state: 'active', expiresAt: grant.expiresAt });

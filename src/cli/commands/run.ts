@@ -1,6 +1,7 @@
 import { parseDuration } from '../../core/duration.ts';
 import { runUnderGrant } from '../../runner/run.ts';
 import type { CommandDefinition } from '../command.ts';
+import { requestedTtlSeconds, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -20,13 +21,12 @@ export const run: CommandDefinition = {
       .argument('[command...]', 'the command to run, after --')
       .passThroughOptions(),
   async handler({ args, options }, ctx) {
-    const ttl = options.ttl === undefined ? ctx.config.profile(ctx.options.profile)?.defaultTtl : String(options.ttl);
     const exitCode = await runUnderGrant(ctx, {
       scopes: (options.scope as string[] | undefined) ?? [],
       grantId: options.grant === undefined ? undefined : String(options.grant),
       wait: options.wait !== false,
-      waitTimeoutMs: options.waitTimeout === undefined ? undefined : parseDuration(String(options.waitTimeout), '--wait-timeout') * 1000,
-      ttlSeconds: ttl === undefined ? undefined : parseDuration(ttl, '--ttl'),
+      waitTimeoutMs: waitTimeoutMs(options.waitTimeout),
+      ttlSeconds: requestedTtlSeconds(ctx, options.ttl),
       reason: options.reason === undefined ? undefined : String(options.reason),
       command: args,
       killAfterMs: parseDuration(String(options.killAfter), '--kill-after') * 1000,
