@@ -1,15 +1,13 @@
 import type { BrokerClient } from '../client/broker-client.ts';
-import { describeApproval } from '../core/approval.ts';
+import { approvalProgress, describeApproval } from '../core/approval.ts';
 import { UsageError } from '../core/errors.ts';
 import { GRANT_ID, type GrantView } from '../core/grant.ts';
 import type { Context } from './context.ts';
 import { renderTable } from './table.ts';
 
 /** "1 of 2" approvals given so far. */
-export function approvalProgress(grant: GrantView): string {
-  const requirements = grant.approval?.requirements ?? [];
-  const needed = requirements.reduce((sum, requirement) => sum + requirement.count, 0);
-  const given = requirements.reduce((sum, requirement) => sum + Math.min(requirement.count, requirement.approvedBy.length), 0);
+export function approvalProgressText(grant: GrantView): string {
+  const { given, needed } = approvalProgress(grant);
   return `${given} of ${needed}`;
 }
 
@@ -22,7 +20,7 @@ export function reviewTable(grants: readonly GrantView[]): string {
       grant.subject,
       grant.scopes.join(','),
       `${grant.ttlSeconds}s`,
-      approvalProgress(grant),
+      approvalProgressText(grant),
       grant.approval?.deadline ?? '-',
       grant.reason ?? '',
     ]),
@@ -58,7 +56,7 @@ export async function grantToReview(
       choices: grants.map((grant) => ({
         value: grant.id,
         name: `${grant.subject} wants ${grant.scopes.join(', ')} for ${grant.ttlSeconds}s${grant.reason ? `: "${grant.reason}"` : ''}`,
-        description: `${grant.id}, ${approvalProgress(grant)} approvals, times out ${grant.approval?.deadline ?? '-'}; needs ${describeApproval(grant)}`,
+        description: `${grant.id}, ${approvalProgressText(grant)} approvals, times out ${grant.approval?.deadline ?? '-'}; needs ${describeApproval(grant)}`,
       })),
     },
     { output: process.stderr },

@@ -1,5 +1,5 @@
 import type { Context } from '../cli/context.ts';
-import { describeApproval } from '../core/approval.ts';
+import { approvalProgress, describeApproval } from '../core/approval.ts';
 import { ConflictError, DeniedError, PendingError } from '../core/errors.ts';
 import type { GrantView } from '../core/grant.ts';
 
@@ -55,9 +55,7 @@ export async function waitForApproval(ctx: Context, grant: GrantView, options: W
 
 /** "1 of 2 approvals" for the spinner. */
 function progress(grant: GrantView): string {
-  const requirements = grant.approval?.requirements ?? [];
-  const needed = requirements.reduce((sum, requirement) => sum + requirement.count, 0);
-  const given = requirements.reduce((sum, requirement) => sum + Math.min(requirement.count, requirement.approvedBy.length), 0);
+  const { given, needed } = approvalProgress(grant);
   return `${given} of ${needed} approval${needed === 1 ? '' : 's'}`;
 }
 

@@ -59,10 +59,3 @@ export function statusOf(
 export function allMet(status: readonly RequirementStatus[]): boolean {
   return status.every((requirement) => requirement.approvedBy.length >= requirement.count);
 }
-
-/** "2 of group:data-owners, user:dana" for messages and the spinner. */
-export function describeRequirements(requirements: readonly Requirement[]): string {
-  return requirements
-    .map((requirement) => `${requirement.count === 1 ? 'one' : requirement.count} of ${requirement.approvers.join(', ')}`)
-    .join('; and ');
-}

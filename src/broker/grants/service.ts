@@ -1,5 +1,6 @@
 import { createReadStream, type ReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
+import { describeRequirements } from '../../core/approval.ts';
 import { formatDuration } from '../../core/duration.ts';
 import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
@@ -12,7 +13,7 @@ import { httpEnv } from '../providers/http/proxy.ts';
 import type { TableProvider } from '../providers/postgres/provider.ts';
 import { checkScope } from '../resources.ts';
 import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
-import { allMet, describeRequirements, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
+import { allMet, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
 

@@ -1,6 +1,6 @@
 import { describeMissingApprovals } from '../../core/approval.ts';
 import type { CommandDefinition } from '../command.ts';
-import { approvalProgress, grantToReview } from '../review.ts';
+import { approvalProgressText, grantToReview } from '../review.ts';
 
 export const approve: CommandDefinition = {
   path: 'approve',
@@ -17,7 +17,7 @@ export const approve: CommandDefinition = {
     const human =
       grant.state === 'active'
         ? `${id} approved: ${grant.subject} now has ${grant.scopes.join(', ')} until ${grant.expiresAt}`
-        : `${id} approved by you (${approvalProgress(grant)}); it still needs ${describeMissingApprovals(grant)}`;
+        : `${id} approved by you (${approvalProgressText(grant)}); it still needs ${describeMissingApprovals(grant)}`;
     return { data: grant, human };
   },
 };
