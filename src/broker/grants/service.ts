@@ -119,7 +119,7 @@ export class GrantService {
             requirements: requirements.map((requirement) => ({ ...requirement, approvedBy: [] })),
             deniedBy: null,
           };
-    const fileScopes = record.scopes.filter((scope) => this.#config.resources[parseScope(scope).resource]?.kind === 'files');
+    const fileScopes = scopes.filter((scope) => this.#config.resources[scope.resource]?.kind === 'files');
     const apis = [...new Set(scopes.map((scope) => scope.resource))].flatMap((name): [string, HttpResource][] => {
       const resource = this.#config.resources[name];
       return resource?.kind === 'http' ? [[name, resource]] : [];

@@ -1,7 +1,7 @@
 import { lstat, readdir, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { DeniedError, NotFoundError, UsageError } from '../../core/errors.ts';
-import { parseScope, type Scope, scopeCovers } from '../../core/scope.ts';
+import { type Scope, scopeCovers } from '../../core/scope.ts';
 import { accessKeyIdFor, deriveS3Secret } from './s3/keys.ts';
 
 const S3_PREFIX = '/s3';
@@ -21,9 +21,9 @@ export const S3_REGION = 'us-east-1';
  * s3fs, pandas), with hints naming the granted buckets and prefixes, and JIT_FILES_* for plain
  * HTTP reads. All of it unlocks only this grant, for as long as it lives.
  */
-export function filesEnv(publicUrl: string, credential: string, grant: { id: string; scopes: readonly string[] }): Record<string, string> {
-  const targets = grant.scopes.map(parseScope).map((scope) => `s3://${scope.resource}/${scope.path ? `${scope.path}/` : ''}`);
-  const [first] = grant.scopes.map(parseScope);
+export function filesEnv(publicUrl: string, credential: string, grant: { id: string; scopes: readonly Scope[] }): Record<string, string> {
+  const targets = grant.scopes.map((scope) => `s3://${scope.resource}/${scope.path ? `${scope.path}/` : ''}`);
+  const [first] = grant.scopes;
   const endpoint = `${publicUrl}${S3_PREFIX}`;
   return {
     AWS_ACCESS_KEY_ID: accessKeyIdFor(grant.id),
