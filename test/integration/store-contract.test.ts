@@ -4,12 +4,24 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, describe, it } from 'node:test';
+import { outcomeOf } from '../../src/broker/audit/chain.ts';
 import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
-import { type BrokerStore, type GrantRecord, NO_HEARTBEAT, type PrincipalRecord } from '../../src/broker/store/store.ts';
+import { type AuditEvent, type BrokerStore, type GrantRecord, NO_HEARTBEAT, type PrincipalRecord } from '../../src/broker/store/store.ts';
 import type { GrantState } from '../../src/core/grant.ts';
 import { createTestDatabase, postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
+
+/** An event as the store gives it back: actor, scope and outcome filled in as appending defaults them. */
+function stored(event: AuditEvent): Required<AuditEvent> {
+  const by = event.detail.by;
+  return {
+    actor: typeof by === 'string' ? by : event.subject,
+    scope: null,
+    outcome: outcomeOf(event.type),
+    ...event,
+  } as Required<AuditEvent>;
+}
 
 /**
  * One contract, every engine: the same cases run against a real SQLite file and a real
@@ -156,7 +168,7 @@ for (const engine of [sqlite, postgres]) {
       const event = { at: T0, type: 'token.created', subject: ada.subject, grantId: null, detail: { tokenId: ada.tokenId } };
       await store.addPrincipal(ada, event);
       await assert.rejects(store.addPrincipal(principal({ tokenHash: ada.tokenHash }), { ...event, detail: { tokenId: 'dup' } }));
-      assert.deepEqual(await store.listEvents({}), [event]);
+      assert.deepEqual(await store.listEvents({}), [stored(event)]);
     });
 
     it('revokes a token once: it stops authenticating, stays listed, and its event is written with it', async () => {
@@ -175,7 +187,7 @@ for (const engine of [sqlite, postgres]) {
       assert.equal(await store.findPrincipalByTokenHash(ada.tokenHash), undefined);
       assert.deepEqual(await store.findPrincipalByTokenHash(bob.tokenHash), bob);
       assert.deepEqual(await store.listPrincipals(), [{ ...ada, revokedAt: T0 + 5 }, bob], 'oldest first, revoked ones too');
-      assert.deepEqual(await store.listEvents({}), [{ ...event, subject: 'user:ada' }]);
+      assert.deepEqual(await store.listEvents({}), [stored({ ...event, subject: 'user:ada' })]);
       assert.equal(await store.revokePrincipal('tok_nope', T0 + 7, event), undefined);
       assert.equal((await store.listEvents({})).length, 1, 'no event when nothing changed');
     });
@@ -238,7 +250,7 @@ for (const engine of [sqlite, postgres]) {
         detail: { index },
       }));
       await store.appendEvents(batch);
-      assert.deepEqual(await store.listEvents({}), batch);
+      assert.deepEqual(await store.listEvents({}), batch.map(stored));
     });
 
     it('extends a heartbeat only while the grant is usable', async () => {
@@ -319,8 +331,14 @@ for (const engine of [sqlite, postgres]) {
         { at: T0 + 2, type: 'grant.revoked', subject: 'user:ada', grantId: 'g1', detail: { by: 'user:ada', nested: { n: 1 } } },
       ];
       for (const event of events) await store.appendEvent(event);
-      assert.deepEqual(await store.listEvents({}), events, 'in append order, not by time');
-      assert.deepEqual(await store.listEvents({ grantId: 'g1' }), [events[0], events[2]]);
+      // The actor defaults to detail.by, then to the subject; the outcome to what the type implies.
+      const stored = [
+        { ...events[0], actor: 'user:ada', scope: null, outcome: 'ok' },
+        { ...events[1], actor: null, scope: null, outcome: 'denied' },
+        { ...events[2], actor: 'user:ada', scope: null, outcome: 'ok' },
+      ];
+      assert.deepEqual(await store.listEvents({}), stored, 'in append order, not by time');
+      assert.deepEqual(await store.listEvents({ grantId: 'g1' }), [stored[0], stored[2]]);
       assert.deepEqual(await store.listEvents({ grantId: 'g2' }), []);
     });
 

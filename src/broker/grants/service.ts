@@ -12,7 +12,15 @@ import { filesEnv } from '../providers/files.ts';
 import { httpEnv } from '../providers/http/proxy.ts';
 import type { TableProvider } from '../providers/postgres/provider.ts';
 import { checkScope } from '../resources.ts';
-import { type ApprovalRecord, type AuditEvent, type BrokerStore, EXPIRE_BATCH, type GrantRecord, NO_HEARTBEAT } from '../store/store.ts';
+import {
+  type ApprovalRecord,
+  type AuditEvent,
+  aboutGrant,
+  type BrokerStore,
+  EXPIRE_BATCH,
+  type GrantRecord,
+  NO_HEARTBEAT,
+} from '../store/store.ts';
 import { allMet, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
@@ -104,6 +112,7 @@ export class GrantService {
         type: pending ? 'grant.requested' : 'grant.issued',
         subject,
         grantId: record.id,
+        scope: record.scopes.join(' '),
         detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
       });
     } catch (error) {
@@ -176,7 +185,14 @@ export class GrantService {
       return { id, state: ended.state, revokedAt: ended.endedAt === null ? null : iso(ended.endedAt), alreadyEnded: true, actions: [] };
     }
     if (grant.state === 'pending') return this.#cancel(subject, grant, now, options);
-    const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now);
+    const scopes = grant.scopes.map(parseScope);
+    const tableGrant =
+      this.#tableResources(scopes).length > 0 && !scopes.some((scope) => this.#config.resources[scope.resource]?.kind === 'files');
+    const actions = tableGrant ? [] : ['credential refused by the data plane', 'open transfers cut'];
+    const ended = await this.#store.endGrant(id, 'revoked', `revoked by ${subject}`, now, 'active', {
+      type: 'grant.revoked',
+      detail: { by: subject, actions },
+    });
     if (!ended) {
       const current = await find();
       return {
@@ -188,11 +204,6 @@ export class GrantService {
       };
     }
     this.#cutStreams(id);
-    const tableGrant =
-      this.#tableResources(ended.scopes.map(parseScope)).length > 0 &&
-      !ended.scopes.some((scope) => this.#config.resources[parseScope(scope).resource]?.kind === 'files');
-    const actions = tableGrant ? [] : ['credential refused by the data plane', 'open transfers cut'];
-    await this.#audit('grant.revoked', ended, { by: subject, actions });
     const cleanup = await this.#ended(ended);
     return {
       id,
@@ -206,10 +217,12 @@ export class GrantService {
 
   /** A pending request withdrawn (`jit revoke` on it, Ctrl-C while `jit run` waits). */
   async #cancel(subject: string, grant: GrantRecord, now: number, options: { anyOwner?: boolean }): Promise<RevocationReceipt> {
-    const ended = await this.#store.endGrant(grant.id, 'cancelled', `cancelled by ${subject}`, now, 'pending');
+    const ended = await this.#store.endGrant(grant.id, 'cancelled', `cancelled by ${subject}`, now, 'pending', {
+      type: 'grant.cancelled',
+      detail: { by: subject },
+    });
     // Approved, denied or timed out meanwhile: revoke what it became.
     if (!ended) return this.revoke(subject, grant.id, options);
-    await this.#audit('grant.cancelled', ended, { by: subject });
     const cleanup = await this.#ended(ended);
     return {
       id: grant.id,
@@ -244,15 +257,20 @@ export class GrantService {
     await this.#audit('grant.approved', grant, { by: reviewer, reason: reason ?? null });
     const status = statusOf(requirements, await this.#store.listApprovals(id), grant.subject, this.#config);
     if (allMet(status)) {
-      const activated = await this.#store.activateGrant(id, { activatedAt: now, expiresAt: now + grant.ttlSeconds * 1000 });
+      const expiresAt = now + grant.ttlSeconds * 1000;
+      const activated = await this.#store.activateGrant(
+        id,
+        { activatedAt: now, expiresAt },
+        {
+          type: 'grant.activated',
+          actor: reviewer,
+          detail: { approvedBy: [...new Set(status.flatMap((requirement) => requirement.approvedBy))], expiresAt: iso(expiresAt) },
+        },
+      );
       if (activated) {
         await this.#providerStep(activated, 'activate', (resources) =>
           this.#tables?.setValidity(id, resources, { login: true, validUntil: new Date(activated.expiresAt) }),
         );
-        await this.#audit('grant.activated', activated, {
-          approvedBy: [...new Set(status.flatMap((requirement) => requirement.approvedBy))],
-          expiresAt: iso(activated.expiresAt),
-        });
       }
     }
     return this.#view((await this.#store.getGrant(id)) ?? grant);
@@ -263,11 +281,11 @@ export class GrantService {
     const { grant } = await this.#forReview(reviewer, id, 'deny');
     const now = this.#clock.now();
     await this.#recordVerdict(grant, { approver: reviewer, verdict: 'deny', reason, at: now });
-    const ended = await this.#store.endGrant(id, 'denied', `denied by ${reviewer}: ${reason}`, now, 'pending');
-    if (ended) {
-      await this.#audit('grant.denied', ended, { by: reviewer, reason });
-      await this.#ended(ended);
-    }
+    const ended = await this.#store.endGrant(id, 'denied', `denied by ${reviewer}: ${reason}`, now, 'pending', {
+      type: 'grant.denied',
+      detail: { by: reviewer, reason },
+    });
+    if (ended) await this.#ended(ended);
     return this.#view((await this.#store.getGrant(id)) ?? grant);
   }
 
@@ -417,11 +435,11 @@ export class GrantService {
 
   /** Ends a pending grant past its approval deadline as the sweeper would; returns its state now. */
   async #timeOut(grant: GrantRecord, now: number): Promise<GrantRecord> {
-    const ended = await this.#store.endGrant(grant.id, 'timed-out', 'approval timeout', now, 'pending');
-    if (ended) {
-      await this.#audit('grant.timed-out', ended, { reason: ended.endReason, by: 'system' });
-      await this.#ended(ended);
-    }
+    const ended = await this.#store.endGrant(grant.id, 'timed-out', 'approval timeout', now, 'pending', {
+      type: 'grant.timed-out',
+      detail: { reason: 'approval timeout', by: 'system' },
+    });
+    if (ended) await this.#ended(ended);
     return ended ?? (await this.#store.getGrant(grant.id)) ?? grant;
   }
 
@@ -463,7 +481,10 @@ export class GrantService {
         },
       );
     }
-    const renewed = await this.#store.renewGrant(id, target, now);
+    const renewed = await this.#store.renewGrant(id, target, now, {
+      type: 'grant.renewed',
+      detail: { by: subject, from: iso(current.expiresAt), to: iso(target), capped: target === cap },
+    });
     if (!renewed) {
       const ended = (await this.#store.getGrant(id)) ?? current;
       throw new ConflictError(`grant ${id} is ${ended.state}`, { code: 'grant_ended', hint: 'request a new grant' });
@@ -471,12 +492,6 @@ export class GrantService {
     await this.#providerStep(renewed, 'renew', (resources) =>
       this.#tables?.setValidity(id, resources, { login: true, validUntil: new Date(renewed.expiresAt) }),
     );
-    await this.#audit('grant.renewed', renewed, {
-      by: subject,
-      from: iso(current.expiresAt),
-      to: iso(renewed.expiresAt),
-      capped: target === cap,
-    });
     return this.#view(renewed);
   }
 
@@ -500,15 +515,6 @@ export class GrantService {
       const expired = await this.#store.expireDue(now, EXPIRE_BATCH);
       const abandoned = await this.#store.timeOutPending(now, EXPIRE_BATCH);
       for (const grant of expired) this.#cutStreams(grant.id);
-      await this.#store.appendEvents(
-        [...expired, ...abandoned].map((grant) => ({
-          at: now,
-          type: `grant.${grant.state}`,
-          subject: grant.subject,
-          grantId: grant.id,
-          detail: { reason: grant.endReason, by: 'system' },
-        })),
-      );
       for (const grant of [...expired, ...abandoned]) await this.#ended(grant);
       total += expired.length + abandoned.length;
       if (expired.length < EXPIRE_BATCH && abandoned.length < EXPIRE_BATCH) {
@@ -527,10 +533,13 @@ export class GrantService {
    */
   async #expireIfDue(grant: GrantRecord, now: number): Promise<void> {
     if (grant.state !== 'active' || (now < grant.expiresAt && now < grant.heartbeatDeadline)) return;
-    const ended = await this.#store.endGrant(grant.id, 'expired', now >= grant.expiresAt ? 'ttl' : 'heartbeat', now);
+    const reason = now >= grant.expiresAt ? 'ttl' : 'heartbeat';
+    const ended = await this.#store.endGrant(grant.id, 'expired', reason, now, 'active', {
+      type: 'grant.expired',
+      detail: { reason, by: 'system' },
+    });
     if (!ended) return;
     this.#cutStreams(ended.id);
-    await this.#audit('grant.expired', ended, { reason: ended.endReason });
     await this.#ended(ended);
   }
 
@@ -615,10 +624,12 @@ export class GrantService {
           : undefined;
     if (over === undefined) return { allowed: true };
     const now = this.#clock.now();
-    const suspended = await this.#store.endGrant(grant.id, 'suspended', over, now);
+    const suspended = await this.#store.endGrant(grant.id, 'suspended', over, now, 'active', {
+      type: 'grant.suspended',
+      detail: { reason: over, usage, budget, by: 'system' },
+    });
     if (suspended) {
       this.#cutStreams(grant.id);
-      await this.#audit('grant.suspended', suspended, { reason: over, usage, budget, by: 'system' });
       await this.#ended(suspended);
     }
     return { allowed: false, reason: over };
@@ -699,6 +710,7 @@ export class GrantService {
           type: 'grant.refused',
           subject,
           grantId: null,
+          scope: request.scopes.join(' '),
           detail: {
             scopes: request.scopes,
             ttlSeconds: request.ttlSeconds ?? null,
@@ -765,6 +777,6 @@ export class GrantService {
   }
 
   async #audit(type: string, grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
-    await this.#store.appendEvent({ at: this.#clock.now(), type, subject: grant.subject, grantId: grant.id, detail });
+    await this.#store.appendEvent(aboutGrant(grant, this.#clock.now(), { type, detail }));
   }
 }

@@ -233,6 +233,98 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE TABLE usage (grant_id TEXT PRIMARY KEY, requests BIGINT NOT NULL, bytes BIGINT NOT NULL);
     `,
   },
+  {
+    version: 9,
+    name: 'audit trail: actor, scope, outcome, hash chain, checkpoints, export sinks',
+    // Events are appended as before (with the change they describe, in its transaction) and sealed
+    // into the hash chain shortly after by one replica at a time: `position` is the gap-free chain
+    // order, `hash` the chain hash (src/broker/audit/chain.ts). Events written before this version
+    // are sealed like new ones. On PostgreSQL detail becomes TEXT: the chain hashes its exact text.
+    sqlite: `
+      ALTER TABLE events ADD COLUMN actor TEXT;
+      ALTER TABLE events ADD COLUMN scope TEXT;
+      ALTER TABLE events ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok';
+      ALTER TABLE events ADD COLUMN position INTEGER;
+      ALTER TABLE events ADD COLUMN hash TEXT;
+      UPDATE events SET actor = COALESCE(json_extract(detail, '$.by'), subject),
+        outcome = CASE WHEN type IN ('grant.refused', 'grant.denied', 'data.refused') THEN 'denied'
+          WHEN type IN ('grant.provider_error', 'grant.deprovision_failed') THEN 'error'
+          WHEN type = 'grant.requested' THEN 'pending' ELSE 'ok' END;
+      CREATE UNIQUE INDEX events_position ON events (position);
+      CREATE INDEX events_unsealed ON events (seq) WHERE position IS NULL;
+      CREATE TABLE audit_checkpoints (
+        position INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL
+      );
+      CREATE TABLE audit_sinks (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL,
+        owner TEXT,
+        lease_until INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+      );
+    `,
+    postgres: `
+      ALTER TABLE events ADD COLUMN actor TEXT, ADD COLUMN scope TEXT, ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok',
+        ADD COLUMN position BIGINT, ADD COLUMN hash TEXT;
+      UPDATE events SET actor = COALESCE(detail->>'by', subject),
+        outcome = CASE WHEN type IN ('grant.refused', 'grant.denied', 'data.refused') THEN 'denied'
+          WHEN type IN ('grant.provider_error', 'grant.deprovision_failed') THEN 'error'
+          WHEN type = 'grant.requested' THEN 'pending' ELSE 'ok' END;
+      ALTER TABLE events ALTER COLUMN detail TYPE TEXT USING detail::text;
+      CREATE UNIQUE INDEX events_position ON events (position);
+      CREATE INDEX events_unsealed ON events (seq) WHERE position IS NULL;
+      CREATE TABLE audit_checkpoints (
+        position BIGINT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL
+      );
+      CREATE TABLE audit_sinks (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        owner TEXT,
+        lease_until BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+      );
+    `,
+  },
+  {
+    version: 10,
+    name: 'OIDC sessions of CI jobs',
+    // One row per exchange of a CI identity token (issue 9); expired rows are deleted by the next
+    // exchange. The bearer is kept only as its hash, like API tokens.
+    sqlite: `
+      CREATE TABLE oidc_sessions (
+        session_id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        issuer TEXT NOT NULL,
+        claims TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+      );
+      CREATE INDEX oidc_sessions_expiry ON oidc_sessions (expires_at);
+    `,
+    postgres: `
+      CREATE TABLE oidc_sessions (
+        session_id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        issuer TEXT NOT NULL,
+        claims JSONB NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+      );
+      CREATE INDEX oidc_sessions_expiry ON oidc_sessions (expires_at);
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.at(-1)?.version ?? 0;

@@ -2,11 +2,27 @@ import pg from 'pg';
 import { BrokerUnreachableError, JitError, UsageError } from '../../core/errors.ts';
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
+import type { Checkpoint } from '../audit/chain.ts';
+import { outcomeOf } from '../audit/chain.ts';
 import {
   type ApprovalRecord,
   type AuditEvent,
+  type AuditQuery,
+  type AuditRow,
   approvalFromRow,
+  auditRowFromRow,
+  auditWhere,
   type BrokerStore,
+  type ChainHead,
+  checkpointFromRow,
+  EVENT_COLUMNS,
+  eventValues,
+  type GrantEvent,
+  type SealPlan,
+  type SinkCursor,
+  sinkFromRow,
+  type UnsealedRow,
+  unsealedFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
   EXPIRE_BATCH,
@@ -19,10 +35,52 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  type SessionRecord,
+  sessionFromRow,
 } from './store.ts';
 
 /** Any fixed 64-bit number: every replica takes the same advisory lock to migrate. */
 const MIGRATION_LOCK = 7_316_245_019;
+/** The lock the one replica sealing the audit chain holds (try-lock: the others skip their turn). */
+const SEAL_LOCK = 7_316_245_020;
+
+/** A changed grant's scopes as the events table's scope column: space-separated, in order. */
+const SCOPE_OF = (alias: string) =>
+  `(SELECT string_agg(value, ' ' ORDER BY ordinality) FROM jsonb_array_elements_text(${alias}.scopes) WITH ORDINALITY)`;
+
+/**
+ * `update` (an UPDATE ... RETURNING *) with, when given, the audit event about the row it changed
+ * inserted by the same statement: parameters $n.. after the update's own.
+ */
+function withEvent(update: string, params: unknown[], at: number, event: GrantEvent | undefined): [string, unknown[]] {
+  if (!event) return [update, params];
+  const n = params.length;
+  const by = event.detail.by;
+  return [
+    `WITH changed AS (${update}), audited AS (
+       INSERT INTO events (${EVENT_COLUMNS.join(', ')})
+       SELECT $${n + 1}, $${n + 2}, COALESCE($${n + 3}, changed.subject), changed.subject, changed.id, ${SCOPE_OF('changed')}, $${n + 4}, $${n + 5}
+       FROM changed
+     )
+     SELECT * FROM changed`,
+    [
+      ...params,
+      at,
+      event.type,
+      event.actor ?? (typeof by === 'string' ? by : null),
+      outcomeOf(event.type),
+      JSON.stringify(event.detail),
+    ],
+  ];
+}
+
+/** The `system` events of the grants a sweep statement ended (its `ended` CTE), inserted by the same statement. */
+const SYSTEM_ENDS = `audited AS (
+  INSERT INTO events (${EVENT_COLUMNS.join(', ')})
+  SELECT $1, 'grant.' || ended.state, 'system', ended.subject, ended.id, ${SCOPE_OF('ended')}, 'ok',
+    json_build_object('reason', ended.end_reason, 'by', 'system')::text
+  FROM ended ORDER BY ended.id
+)`;
 
 type Row = Record<string, unknown>;
 
@@ -31,6 +89,8 @@ type Row = Record<string, unknown>;
 const asDecoded = (value: unknown): unknown => value;
 const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: asDecoded });
 const toPrincipal = (row: Row): PrincipalRecord => principalFromRow({ row, json: asDecoded });
+/** events.detail is TEXT (the chain hashes its exact text). */
+const fromText = (value: unknown): unknown => JSON.parse(String(value));
 
 /** Where the URL points, without its password, for error messages. */
 export function describeDatabase(url: string): string {
@@ -125,13 +185,10 @@ export class PostgresStore implements BrokerStore {
       return;
     }
     // One statement, so the token and its audit event commit together or not at all.
-    const next = PRINCIPAL_COLUMNS.length;
-    await this.#rows(
-      `WITH added AS (${insert} RETURNING token_id)
-       INSERT INTO events (at, type, subject, grant_id, detail)
-       SELECT $${next + 1}, $${next + 2}, $${next + 3}, NULL, $${next + 4} FROM added`,
-      [...principalValues(principal), event.at, event.type, event.subject, JSON.stringify(event.detail)],
-    );
+    await this.#rows(`WITH added AS (${insert} RETURNING token_id) ${this.#eventInsert(PRINCIPAL_COLUMNS.length, 'added')}`, [
+      ...principalValues(principal),
+      ...eventValues(event),
+    ]);
   }
 
   async findPrincipalByTokenHash(tokenHash: string): Promise<PrincipalRecord | undefined> {
@@ -149,11 +206,20 @@ export class PostgresStore implements BrokerStore {
       `WITH revoked AS (
          UPDATE principals SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL RETURNING *
        ), audited AS (
-         INSERT INTO events (at, type, subject, grant_id, detail)
-         SELECT $3, $4, revoked.subject, $5, $6 FROM revoked
+         INSERT INTO events (${EVENT_COLUMNS.join(', ')})
+         SELECT $3, $4, COALESCE($5, revoked.subject), revoked.subject, $6, NULL, $7, $8 FROM revoked
        )
        SELECT * FROM revoked`,
-      [at, tokenId, event.at, event.type, event.grantId, JSON.stringify(event.detail)],
+      [
+        at,
+        tokenId,
+        event.at,
+        event.type,
+        event.actor ?? (typeof event.detail.by === 'string' ? event.detail.by : null),
+        event.grantId,
+        event.outcome ?? outcomeOf(event.type),
+        JSON.stringify(event.detail),
+      ],
     );
     return row ? toPrincipal(row) : undefined;
   }
@@ -166,13 +232,16 @@ export class PostgresStore implements BrokerStore {
       return;
     }
     // One statement, so the grant and its audit event commit together or not at all.
-    const next = GRANT_COLUMNS.length;
-    await this.#rows(
-      `WITH issued AS (${insert} RETURNING id)
-       INSERT INTO events (at, type, subject, grant_id, detail)
-       SELECT $${next + 1}, $${next + 2}, $${next + 3}, issued.id, $${next + 4} FROM issued`,
-      [...grantValues(grant), event.at, event.type, event.subject, JSON.stringify(event.detail)],
-    );
+    await this.#rows(`WITH issued AS (${insert} RETURNING id) ${this.#eventInsert(GRANT_COLUMNS.length, 'issued')}`, [
+      ...grantValues(grant),
+      ...eventValues(event),
+    ]);
+  }
+
+  /** An event insert whose parameters follow `after` others, run only when CTE `source` produced a row. */
+  #eventInsert(after: number, source: string): string {
+    const values = EVENT_COLUMNS.map((_, index) => `$${after + index + 1}`).join(', ');
+    return `INSERT INTO events (${EVENT_COLUMNS.join(', ')}) SELECT ${values} FROM ${source}`;
   }
 
   async getGrant(id: string): Promise<GrantRecord | undefined> {
@@ -215,28 +284,41 @@ export class PostgresStore implements BrokerStore {
     reason: string,
     at: number,
     from: 'active' | 'pending' = 'active',
+    event?: GrantEvent,
   ): Promise<GrantRecord | undefined> {
     const [row] = await this.#rows(
-      `UPDATE grants SET state = $1, end_reason = $2, ended_at = $3 WHERE id = $4 AND state = $5 RETURNING *`,
-      [state, reason, at, id, from],
+      ...withEvent(
+        'UPDATE grants SET state = $1, end_reason = $2, ended_at = $3 WHERE id = $4 AND state = $5 RETURNING *',
+        [state, reason, at, id, from],
+        at,
+        event,
+      ),
     );
     return row ? toGrant(row) : undefined;
   }
 
-  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined> {
+  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }, event?: GrantEvent): Promise<GrantRecord | undefined> {
     const [row] = await this.#rows(
-      `UPDATE grants SET state = 'active', activated_at = $1, expires_at = $2
-       WHERE id = $3 AND state = 'pending' AND approval_deadline > $1 RETURNING *`,
-      [times.activatedAt, times.expiresAt, id],
+      ...withEvent(
+        `UPDATE grants SET state = 'active', activated_at = $1, expires_at = $2
+         WHERE id = $3 AND state = 'pending' AND approval_deadline > $1 RETURNING *`,
+        [times.activatedAt, times.expiresAt, id],
+        times.activatedAt,
+        event,
+      ),
     );
     return row ? toGrant(row) : undefined;
   }
 
-  async renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined> {
+  async renewGrant(id: string, expiresAt: number, now: number, event?: GrantEvent): Promise<GrantRecord | undefined> {
     const [row] = await this.#rows(
-      `UPDATE grants SET expires_at = $1
-       WHERE id = $2 AND state = 'active' AND expires_at > $3 AND heartbeat_deadline > $3 AND expires_at < $1 RETURNING *`,
-      [expiresAt, id, now],
+      ...withEvent(
+        `UPDATE grants SET expires_at = $1
+         WHERE id = $2 AND state = 'active' AND expires_at > $3 AND heartbeat_deadline > $3 AND expires_at < $1 RETURNING *`,
+        [expiresAt, id, now],
+        now,
+        event,
+      ),
     );
     return row ? toGrant(row) : undefined;
   }
@@ -260,12 +342,14 @@ export class PostgresStore implements BrokerStore {
       `WITH due AS MATERIALIZED (
          SELECT id FROM grants WHERE state = 'pending' AND (approval_deadline <= $1 OR heartbeat_deadline <= $1)
          LIMIT $2 FOR UPDATE SKIP LOCKED
-       )
-       UPDATE grants SET ended_at = $1,
-         state = CASE WHEN grants.approval_deadline <= $1 THEN 'timed-out' ELSE 'cancelled' END,
-         end_reason = CASE WHEN grants.approval_deadline <= $1 THEN 'approval timeout' ELSE 'requester stopped waiting' END
-       FROM due WHERE grants.id = due.id AND grants.state = 'pending'
-       RETURNING grants.*`,
+       ), ended AS (
+         UPDATE grants SET ended_at = $1,
+           state = CASE WHEN grants.approval_deadline <= $1 THEN 'timed-out' ELSE 'cancelled' END,
+           end_reason = CASE WHEN grants.approval_deadline <= $1 THEN 'approval timeout' ELSE 'requester stopped waiting' END
+         FROM due WHERE grants.id = due.id AND grants.state = 'pending'
+         RETURNING grants.*
+       ), ${SYSTEM_ENDS}
+       SELECT * FROM ended`,
       [now, limit],
     );
     return rows.map(toGrant);
@@ -283,11 +367,13 @@ export class PostgresStore implements BrokerStore {
       `WITH due AS MATERIALIZED (
          SELECT id FROM grants WHERE state = 'active' AND LEAST(expires_at, heartbeat_deadline) <= $1
          LIMIT $2 FOR UPDATE SKIP LOCKED
-       )
-       UPDATE grants SET state = 'expired', ended_at = $1,
-         end_reason = CASE WHEN grants.expires_at <= $1 THEN 'ttl' ELSE 'heartbeat' END
-       FROM due WHERE grants.id = due.id AND grants.state = 'active'
-       RETURNING grants.*`,
+       ), ended AS (
+         UPDATE grants SET state = 'expired', ended_at = $1,
+           end_reason = CASE WHEN grants.expires_at <= $1 THEN 'ttl' ELSE 'heartbeat' END
+         FROM due WHERE grants.id = due.id AND grants.state = 'active'
+         RETURNING grants.*
+       ), ${SYSTEM_ENDS}
+       SELECT * FROM ended`,
       [now, limit],
     );
     return rows.map(toGrant);
@@ -342,23 +428,14 @@ export class PostgresStore implements BrokerStore {
   }
 
   async appendEvent(event: AuditEvent): Promise<void> {
-    await this.#rows('INSERT INTO events (at, type, subject, grant_id, detail) VALUES ($1, $2, $3, $4, $5)', [
-      event.at,
-      event.type,
-      event.subject,
-      event.grantId,
-      JSON.stringify(event.detail),
-    ]);
+    await this.appendEvents([event]);
   }
+
   async appendEvents(events: readonly AuditEvent[]): Promise<void> {
     if (events.length === 0) return;
-    const rows = events.map(
-      (_, index) => `($${index * 5 + 1}, $${index * 5 + 2}, $${index * 5 + 3}, $${index * 5 + 4}, $${index * 5 + 5})`,
-    );
-    await this.#rows(
-      `INSERT INTO events (at, type, subject, grant_id, detail) VALUES ${rows.join(', ')}`,
-      events.flatMap((event) => [event.at, event.type, event.subject, event.grantId, JSON.stringify(event.detail)]),
-    );
+    const width = EVENT_COLUMNS.length;
+    const rows = events.map((_, row) => `(${EVENT_COLUMNS.map((__, column) => `$${row * width + column + 1}`).join(', ')})`);
+    await this.#rows(`INSERT INTO events (${EVENT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, events.flatMap(eventValues));
   }
 
   async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
@@ -366,7 +443,128 @@ export class PostgresStore implements BrokerStore {
       filter.grantId === undefined
         ? await this.#rows('SELECT * FROM events ORDER BY seq')
         : await this.#rows('SELECT * FROM events WHERE grant_id = $1 ORDER BY seq', [filter.grantId]);
-    return rows.map((row) => eventFromRow({ row, json: asDecoded }));
+    return rows.map((row) => eventFromRow({ row, json: fromText }));
+  }
+
+  /** One transaction under the sealing try-lock; a replica that does not get it skips (undefined). */
+  async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number | undefined> {
+    const client = await this.#pool.connect();
+    try {
+      await client.query('BEGIN');
+      const [lock] = (await client.query('SELECT pg_try_advisory_xact_lock($1) AS locked', [SEAL_LOCK])).rows;
+      if (!lock?.locked) {
+        await client.query('ROLLBACK');
+        return undefined;
+      }
+      const rows = (await client.query('SELECT * FROM events WHERE position IS NULL ORDER BY seq LIMIT $1', [limit])).rows.map(
+        unsealedFromRow,
+      );
+      if (rows.length === 0) {
+        await client.query('ROLLBACK');
+        return 0;
+      }
+      const { sealed, checkpoint } = plan(await this.#head(client), rows);
+      await client.query(
+        `UPDATE events SET position = v.position, hash = v.hash, detail = v.detail
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS v(seq, position, hash, detail)
+         WHERE events.seq = v.seq AND events.position IS NULL`,
+        [sealed.map((row) => row.seq), sealed.map((row) => row.position), sealed.map((row) => row.hash), sealed.map((row) => row.detail)],
+      );
+      if (checkpoint) {
+        await client.query('INSERT INTO audit_checkpoints (position, hash, at, key_id, signature) VALUES ($1, $2, $3, $4, $5)', [
+          checkpoint.position,
+          checkpoint.hash,
+          checkpoint.at,
+          checkpoint.keyId,
+          checkpoint.signature,
+        ]);
+      }
+      await client.query('COMMIT');
+      return sealed.length;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  async #head(client: pg.PoolClient | pg.Pool): Promise<ChainHead> {
+    const [last] = (await client.query('SELECT position, hash FROM events WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1')).rows;
+    const [checkpoint] = (await client.query('SELECT * FROM audit_checkpoints ORDER BY position DESC LIMIT 1')).rows;
+    return {
+      position: last ? Number(last.position) : 0,
+      hash: last ? String(last.hash) : '',
+      checkpoint: checkpoint ? checkpointFromRow(checkpoint) : undefined,
+    };
+  }
+
+  chainHead(): Promise<ChainHead> {
+    return this.#head(this.#pool);
+  }
+
+  async queryAudit(query: AuditQuery): Promise<AuditRow[]> {
+    const { where, params } = auditWhere(query);
+    let index = 0;
+    const numbered = where.map((clause) => clause.replace(/\?/g, () => `$${++index}`));
+    const rows = await this.#rows(`SELECT * FROM events WHERE ${numbered.join(' AND ')} ORDER BY position LIMIT $${index + 1}`, [
+      ...params,
+      query.limit,
+    ]);
+    return rows.map(auditRowFromRow);
+  }
+
+  async listCheckpoints(): Promise<Checkpoint[]> {
+    return (await this.#rows('SELECT * FROM audit_checkpoints ORDER BY position')).map(checkpointFromRow);
+  }
+
+  async unsealed(): Promise<{ count: number; oldestAt: number | null }> {
+    const [row] = await this.#rows('SELECT count(*) AS count, min(at) AS oldest FROM events WHERE position IS NULL');
+    return { count: Number(row?.count ?? 0), oldestAt: row?.oldest === null || row?.oldest === undefined ? null : Number(row.oldest) };
+  }
+
+  async leaseSink(name: string, owner: string, now: number, leaseUntil: number, start: number): Promise<SinkCursor | undefined> {
+    const [row] = await this.#rows(
+      `INSERT INTO audit_sinks (name, position, owner, lease_until) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+       WHERE audit_sinks.owner = excluded.owner OR audit_sinks.lease_until <= $5
+       RETURNING *`,
+      [name, start, owner, leaseUntil, now],
+    );
+    return row ? sinkFromRow(row) : undefined;
+  }
+
+  async saveSink(name: string, owner: string, update: { position: number; attempts: number; lastError: string | null }): Promise<void> {
+    await this.#rows('UPDATE audit_sinks SET position = $1, attempts = $2, last_error = $3 WHERE name = $4 AND owner = $5', [
+      update.position,
+      update.attempts,
+      update.lastError,
+      name,
+      owner,
+    ]);
+  }
+
+  /** One statement: expired sessions go as the new one comes. */
+  async addSession(session: SessionRecord): Promise<void> {
+    await this.#rows(
+      `WITH forgotten AS (DELETE FROM oidc_sessions WHERE expires_at < $6)
+       INSERT INTO oidc_sessions (session_id, subject, token_hash, issuer, claims, created_at, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+      [
+        session.sessionId,
+        session.subject,
+        session.tokenHash,
+        session.issuer,
+        JSON.stringify(session.claims),
+        session.createdAt,
+        session.expiresAt,
+      ],
+    );
+  }
+
+  async findSessionByTokenHash(tokenHash: string): Promise<SessionRecord | undefined> {
+    const [row] = await this.#rows('SELECT * FROM oidc_sessions WHERE token_hash = $1', [tokenHash]);
+    return row ? sessionFromRow({ row, json: asDecoded }) : undefined;
   }
 
   async close(): Promise<void> {

@@ -2,11 +2,28 @@ import { chmodSync } from 'node:fs';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
+import type { Checkpoint } from '../audit/chain.ts';
 import {
   type ApprovalRecord,
   type AuditEvent,
+  type AuditQuery,
+  type AuditRow,
+  aboutGrant,
   approvalFromRow,
+  auditRowFromRow,
+  auditWhere,
   type BrokerStore,
+  type ChainHead,
+  checkpointFromRow,
+  EVENT_COLUMNS,
+  eventValues,
+  type GrantEvent,
+  type SealPlan,
+  type SinkCursor,
+  sinkFromRow,
+  systemEnd,
+  type UnsealedRow,
+  unsealedFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
   EXPIRE_BATCH,
@@ -19,6 +36,8 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  type SessionRecord,
+  sessionFromRow,
 } from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
@@ -166,31 +185,41 @@ export class SqliteStore implements BrokerStore {
     reason: string,
     at: number,
     from: 'active' | 'pending' = 'active',
+    event?: GrantEvent,
   ): Promise<GrantRecord | undefined> {
-    const row = this.#statement(`UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = ? RETURNING *`).get(
-      state,
-      reason,
-      at,
-      id,
-      from,
-    );
-    return row ? toGrant(row) : undefined;
+    const update = this.#statement(`UPDATE grants SET state = ?, end_reason = ?, ended_at = ? WHERE id = ? AND state = ? RETURNING *`);
+    return this.#changeGrant(() => update.get(state, reason, at, id, from), at, event);
   }
 
-  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined> {
-    const row = this.#statement(
+  /** A conditional grant update and, when it changed a row, its audit event: one transaction. */
+  #changeGrant(update: () => Row | undefined, at: number, event: GrantEvent | undefined): GrantRecord | undefined {
+    if (!event) {
+      const row = update();
+      return row ? toGrant(row) : undefined;
+    }
+    return this.#transaction(() => {
+      const row = update();
+      if (!row) return undefined;
+      const grant = toGrant(row);
+      this.#insertEvent(aboutGrant(grant, at, event));
+      return grant;
+    });
+  }
+
+  async activateGrant(id: string, times: { activatedAt: number; expiresAt: number }, event?: GrantEvent): Promise<GrantRecord | undefined> {
+    const update = this.#statement(
       `UPDATE grants SET state = 'active', activated_at = ?, expires_at = ?
          WHERE id = ? AND state = 'pending' AND approval_deadline > ? RETURNING *`,
-    ).get(times.activatedAt, times.expiresAt, id, times.activatedAt);
-    return row ? toGrant(row) : undefined;
+    );
+    return this.#changeGrant(() => update.get(times.activatedAt, times.expiresAt, id, times.activatedAt), times.activatedAt, event);
   }
 
-  async renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined> {
-    const row = this.#statement(
+  async renewGrant(id: string, expiresAt: number, now: number, event?: GrantEvent): Promise<GrantRecord | undefined> {
+    const update = this.#statement(
       `UPDATE grants SET expires_at = ?
          WHERE id = ? AND state = 'active' AND expires_at > ? AND heartbeat_deadline > ? AND expires_at < ? RETURNING *`,
-    ).get(expiresAt, id, now, now, expiresAt);
-    return row ? toGrant(row) : undefined;
+    );
+    return this.#changeGrant(() => update.get(expiresAt, id, now, now, expiresAt), now, event);
   }
 
   async addApproval(approval: ApprovalRecord): Promise<boolean> {
@@ -206,29 +235,36 @@ export class SqliteStore implements BrokerStore {
   }
 
   async timeOutPending(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
-    return this.#statement(
+    const update = this.#statement(
       `UPDATE grants SET ended_at = ?,
            state = CASE WHEN approval_deadline <= ? THEN 'timed-out' ELSE 'cancelled' END,
            end_reason = CASE WHEN approval_deadline <= ? THEN 'approval timeout' ELSE 'requester stopped waiting' END
          WHERE state = 'pending' AND id IN (
            SELECT id FROM grants WHERE state = 'pending' AND (approval_deadline <= ? OR heartbeat_deadline <= ?) LIMIT ?
          ) RETURNING *`,
-    )
-      .all(now, now, now, now, now, limit)
-      .map(toGrant);
+    );
+    return this.#endBySystem(() => update.all(now, now, now, now, now, limit), now);
+  }
+
+  /** Grants a sweep ended, with one `system` event each, in one transaction. */
+  #endBySystem(update: () => Row[], now: number): GrantRecord[] {
+    return this.#transaction(() => {
+      const ended = update().map(toGrant);
+      for (const grant of ended) this.#insertEvent(aboutGrant(grant, now, systemEnd(grant)));
+      return ended;
+    });
   }
 
   async expireDue(now: number, limit = EXPIRE_BATCH): Promise<GrantRecord[]> {
     // One statement, and SQLite has one writer at a time: a grant ends in exactly one sweep.
-    return this.#statement(
+    const update = this.#statement(
       `UPDATE grants SET state = 'expired', ended_at = ?,
            end_reason = CASE WHEN expires_at <= ? THEN 'ttl' ELSE 'heartbeat' END
          WHERE state = 'active' AND id IN (
            SELECT id FROM grants WHERE state = 'active' AND min(expires_at, heartbeat_deadline) <= ? LIMIT ?
          ) RETURNING *`,
-    )
-      .all(now, now, now, limit)
-      .map(toGrant);
+    );
+    return this.#endBySystem(() => update.all(now, now, now, limit), now);
   }
 
   async saveDeprovision(record: DeprovisionRecord): Promise<void> {
@@ -290,12 +326,8 @@ export class SqliteStore implements BrokerStore {
   }
 
   #insertEvent(event: AuditEvent): void {
-    this.#statement('INSERT INTO events (at, type, subject, grant_id, detail) VALUES (?, ?, ?, ?, ?)').run(
-      event.at,
-      event.type,
-      event.subject,
-      event.grantId,
-      JSON.stringify(event.detail),
+    this.#statement(`INSERT INTO events (${EVENT_COLUMNS.join(', ')}) VALUES (${EVENT_COLUMNS.map(() => '?').join(', ')})`).run(
+      ...eventValues(event),
     );
   }
 
@@ -317,7 +349,105 @@ export class SqliteStore implements BrokerStore {
     return rows.map((row) => eventFromRow({ row, json: fromText }));
   }
 
+  async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number> {
+    const unsealed = this.#statement('SELECT * FROM events WHERE position IS NULL ORDER BY seq LIMIT ?');
+    const seal = this.#statement('UPDATE events SET position = ?, hash = ?, detail = ? WHERE seq = ? AND position IS NULL');
+    return this.#transaction(() => {
+      const rows = unsealed.all(limit).map(unsealedFromRow);
+      if (rows.length === 0) return 0;
+      const { sealed, checkpoint } = plan(this.#head(), rows);
+      for (const row of sealed) seal.run(row.position, row.hash, row.detail, row.seq);
+      if (checkpoint) this.#insertCheckpoint(checkpoint);
+      return sealed.length;
+    });
+  }
+
+  #insertCheckpoint(checkpoint: Checkpoint): void {
+    this.#statement('INSERT INTO audit_checkpoints (position, hash, at, key_id, signature) VALUES (?, ?, ?, ?, ?)').run(
+      checkpoint.position,
+      checkpoint.hash,
+      checkpoint.at,
+      checkpoint.keyId,
+      checkpoint.signature,
+    );
+  }
+
+  #head(): ChainHead {
+    const last = this.#statement('SELECT position, hash FROM events WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1').get();
+    const checkpoint = this.#statement('SELECT * FROM audit_checkpoints ORDER BY position DESC LIMIT 1').get();
+    return {
+      position: last ? Number(last.position) : 0,
+      hash: last ? String(last.hash) : '',
+      checkpoint: checkpoint ? checkpointFromRow(checkpoint) : undefined,
+    };
+  }
+
+  async chainHead(): Promise<ChainHead> {
+    return this.#head();
+  }
+
+  async queryAudit(query: AuditQuery): Promise<AuditRow[]> {
+    const { where, params } = auditWhere(query);
+    return this.#statement(`SELECT * FROM events WHERE ${where.join(' AND ')} ORDER BY position LIMIT ?`)
+      .all(...params, query.limit)
+      .map(auditRowFromRow);
+  }
+
+  async listCheckpoints(): Promise<Checkpoint[]> {
+    return this.#statement('SELECT * FROM audit_checkpoints ORDER BY position').all().map(checkpointFromRow);
+  }
+
+  async unsealed(): Promise<{ count: number; oldestAt: number | null }> {
+    const row = this.#statement('SELECT count(*) AS count, min(at) AS oldest FROM events WHERE position IS NULL').get();
+    return { count: Number(row?.count ?? 0), oldestAt: row?.oldest === null || row?.oldest === undefined ? null : Number(row.oldest) };
+  }
+
+  async leaseSink(name: string, owner: string, now: number, leaseUntil: number, start: number): Promise<SinkCursor | undefined> {
+    const row = this.#statement(
+      `INSERT INTO audit_sinks (name, position, owner, lease_until) VALUES (?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+         WHERE audit_sinks.owner = excluded.owner OR audit_sinks.lease_until <= ?
+         RETURNING *`,
+    ).get(name, start, owner, leaseUntil, now);
+    return row ? sinkFromRow(row) : undefined;
+  }
+
+  async saveSink(name: string, owner: string, update: { position: number; attempts: number; lastError: string | null }): Promise<void> {
+    this.#statement('UPDATE audit_sinks SET position = ?, attempts = ?, last_error = ? WHERE name = ? AND owner = ?').run(
+      update.position,
+      update.attempts,
+      update.lastError,
+      name,
+      owner,
+    );
+  }
+
+  async addSession(session: SessionRecord): Promise<void> {
+    const forget = this.#statement('DELETE FROM oidc_sessions WHERE expires_at < ?');
+    const insert = this.#statement(
+      'INSERT INTO oidc_sessions (session_id, subject, token_hash, issuer, claims, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    this.#transaction(() => {
+      forget.run(session.createdAt);
+      insert.run(
+        session.sessionId,
+        session.subject,
+        session.tokenHash,
+        session.issuer,
+        JSON.stringify(session.claims),
+        session.createdAt,
+        session.expiresAt,
+      );
+    });
+  }
+
+  async findSessionByTokenHash(tokenHash: string): Promise<SessionRecord | undefined> {
+    const row = this.#statement('SELECT * FROM oidc_sessions WHERE token_hash = ?').get(tokenHash);
+    return row ? sessionFromRow({ row, json: fromText }) : undefined;
+  }
+
   async close(): Promise<void> {
     if (this.#db.isOpen) this.#db.close();
   }
 }
+

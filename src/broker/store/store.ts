@@ -1,5 +1,6 @@
 import type { Role } from '../../core/caller.ts';
 import type { GrantState } from '../../core/grant.ts';
+import { type ChainFields, type Checkpoint, outcomeOf } from '../audit/chain.ts';
 
 /**
  * The broker's storage contract. Every engine (sqlite.ts, postgres.ts) implements it;
@@ -36,6 +37,34 @@ export function principalValues(principal: PrincipalRecord): (string | number | 
     principal.createdAt,
     principal.revokedAt,
   ];
+}
+
+/**
+ * A session from one OIDC exchange (docs/ci.md#oidc): what a CI job authenticates with, in place of
+ * an API token, until `expiresAt`. Only the bearer's hash is kept; `claims` are the verified
+ * token's, for the policy's claim rules.
+ */
+export type SessionRecord = {
+  sessionId: string;
+  subject: string;
+  tokenHash: string;
+  /** The issuer's name in broker.yaml. */
+  issuer: string;
+  claims: Record<string, unknown>;
+  createdAt: number;
+  expiresAt: number;
+};
+
+export function sessionFromRow({ row, json }: RowReader): SessionRecord {
+  return {
+    sessionId: String(row.session_id),
+    subject: String(row.subject),
+    tokenHash: String(row.token_hash),
+    issuer: String(row.issuer),
+    claims: json(row.claims) as Record<string, unknown>,
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+  };
 }
 
 export type GrantRecord = {
@@ -196,16 +225,117 @@ export function eventFromRow({ row, json }: RowReader): AuditEvent {
     subject: nullableString(row.subject),
     grantId: nullableString(row.grant_id),
     detail: json(row.detail) as Record<string, unknown>,
+    actor: nullableString(row.actor),
+    scope: nullableString(row.scope),
+    outcome: String(row.outcome ?? 'ok'),
   };
 }
 
+/**
+ * One audit event as it is appended. `actor` (who did it: a user, a CI identity, `system`)
+ * defaults to `detail.by`, then to `subject` (whose grant or token it is); `outcome` to what
+ * `type` implies (audit/chain.ts outcomeOf); `scope` to none.
+ */
 export type AuditEvent = {
   at: number;
   type: string;
   subject: string | null;
   grantId: string | null;
   detail: Record<string, unknown>;
+  actor?: string | null;
+  scope?: string | null;
+  outcome?: string;
 };
+
+/** An event about the grant a conditional update returns: the engine fills in subject, grant and scope from the row. */
+export type GrantEvent = { type: string; detail: Record<string, unknown>; actor?: string };
+
+/** The events table's written columns in one order, with an event's values in that order. */
+export const EVENT_COLUMNS = ['at', 'type', 'actor', 'subject', 'grant_id', 'scope', 'outcome', 'detail'] as const;
+
+export function eventValues(event: AuditEvent): (string | number | null)[] {
+  const by = event.detail.by;
+  return [
+    event.at,
+    event.type,
+    event.actor ?? (typeof by === 'string' ? by : event.subject),
+    event.subject,
+    event.grantId,
+    event.scope ?? null,
+    event.outcome ?? outcomeOf(event.type),
+    JSON.stringify(event.detail),
+  ];
+}
+
+/** `event` about `grant`, at `at`. */
+export function aboutGrant(grant: GrantRecord, at: number, event: GrantEvent): AuditEvent {
+  return { at, subject: grant.subject, grantId: grant.id, scope: grant.scopes.join(' '), ...event };
+}
+
+/**
+ * A sealed event as the audit API shows it: `seq` is its position in the hash chain (gap-free,
+ * the same on every replica), `hash` its chain hash.
+ */
+export type AuditRow = ChainFields & { hash: string };
+
+export function auditRowFromRow(row: Record<string, unknown>): AuditRow {
+  return {
+    position: Number(row.position),
+    at: Number(row.at),
+    action: String(row.type),
+    actor: nullableString(row.actor),
+    subject: nullableString(row.subject),
+    grantId: nullableString(row.grant_id),
+    scope: nullableString(row.scope),
+    outcome: String(row.outcome),
+    detail: String(row.detail),
+    hash: String(row.hash),
+  };
+}
+
+/** An event not sealed into the chain yet, in insertion order (`seq`). */
+export type UnsealedRow = Omit<ChainFields, 'position'> & { seq: number };
+
+export function unsealedFromRow(row: Record<string, unknown>): UnsealedRow {
+  const { position: _, hash: __, ...fields } = auditRowFromRow({ ...row, position: 0, hash: '' });
+  return { ...fields, seq: Number(row.seq) };
+}
+
+/** What one seal step writes: each unsealed row's position, hash and canonical detail, and maybe a checkpoint. */
+export type SealPlan = {
+  sealed: { seq: number; position: number; hash: string; detail: string }[];
+  checkpoint: Checkpoint | undefined;
+};
+
+/** The chain's last sealed record and last checkpoint (the sealer's starting point). */
+export type ChainHead = { position: number; hash: string; checkpoint: Checkpoint | undefined };
+
+/** A page of sealed records: filters are ANDed; `action` ending in `.*` matches a prefix. */
+export type AuditQuery = {
+  afterPosition?: number;
+  limit: number;
+  grantId?: string;
+  subject?: string;
+  actor?: string;
+  action?: string;
+  outcome?: string;
+  scope?: string;
+  since?: number;
+  until?: number;
+};
+
+export function checkpointFromRow(row: Record<string, unknown>): Checkpoint {
+  return {
+    position: Number(row.position),
+    hash: String(row.hash),
+    at: Number(row.at),
+    keyId: String(row.key_id),
+    signature: String(row.signature),
+  };
+}
+
+/** Where an export sink stands: the last position delivered, and the lease of the replica delivering. */
+export type SinkCursor = { name: string; position: number; attempts: number; lastError: string | null };
 
 /** How many grants one expireDue call ends at most: a backlog is worked off in bounded steps. */
 export const EXPIRE_BATCH = 500;
@@ -222,6 +352,10 @@ export interface BrokerStore {
    * same transaction; undefined when there is no such token or it was already revoked.
    */
   revokePrincipal(tokenId: string, at: number, event: Omit<AuditEvent, 'subject'>): Promise<PrincipalRecord | undefined>;
+  /** Stores an OIDC session, and forgets sessions that expired before `session.createdAt`. */
+  addSession(session: SessionRecord): Promise<void>;
+  /** The session behind a bearer's hash, expired or not (the caller says which it is). */
+  findSessionByTokenHash(tokenHash: string): Promise<SessionRecord | undefined>;
   /** Inserts a grant and, when given, its audit event in the same transaction. */
   insertGrant(grant: GrantRecord, event?: AuditEvent): Promise<void>;
   getGrant(id: string): Promise<GrantRecord | undefined>;
@@ -233,28 +367,37 @@ export interface BrokerStore {
    * Moves a grant in state `from` (active unless said) to an end state; undefined when it was no
    * longer in `from` (someone else won).
    */
-  endGrant(id: string, state: GrantState, reason: string, at: number, from?: 'active' | 'pending'): Promise<GrantRecord | undefined>;
+  endGrant(
+    id: string,
+    state: GrantState,
+    reason: string,
+    at: number,
+    from?: 'active' | 'pending',
+    event?: GrantEvent,
+  ): Promise<GrantRecord | undefined>;
   /**
    * Makes a pending grant active, unless it has left pending or its approval deadline passed by
    * `times.activatedAt`. The heartbeat deadline stays: a waiter that stopped heartbeating while
    * pending (its `jit run` died) gets a grant that lapses at once.
    */
-  activateGrant(id: string, times: { activatedAt: number; expiresAt: number }): Promise<GrantRecord | undefined>;
+  activateGrant(id: string, times: { activatedAt: number; expiresAt: number }, event?: GrantEvent): Promise<GrantRecord | undefined>;
   /** Moves the expiry of a grant usable at `now` later, to `expiresAt`; undefined if not usable or not later. */
-  renewGrant(id: string, expiresAt: number, now: number): Promise<GrantRecord | undefined>;
+  renewGrant(id: string, expiresAt: number, now: number, event?: GrantEvent): Promise<GrantRecord | undefined>;
   /** Records a reviewer's verdict; false when this reviewer already gave one for this grant. */
   addApproval(approval: ApprovalRecord): Promise<boolean>;
   listApprovals(grantId: string): Promise<ApprovalRecord[]>;
   /**
    * Ends up to `limit` pending grants that can no longer be approved, exactly once across
    * replicas: past their approval deadline (timed-out), or whose waiting requester stopped
-   * heartbeating (cancelled, "requester stopped waiting").
+   * heartbeating (cancelled, "requester stopped waiting"). Each end's audit event (by `system`)
+   * commits with it.
    */
   timeOutPending(now: number, limit?: number): Promise<GrantRecord[]>;
   /**
    * Ends up to `limit` active grants past their expiry or heartbeat deadline at `now`, returning
    * them. Each due grant is returned by exactly one call, even across replicas sweeping at once;
-   * fewer than `limit` back means none was left due.
+   * fewer than `limit` back means none was left due. Each end's audit event (by `system`)
+   * commits with it.
    */
   expireDue(now: number, limit?: number): Promise<GrantRecord[]>;
   /** Records a cleanup to retry (or, when one is there, its latest failure). */
@@ -272,5 +415,60 @@ export interface BrokerStore {
   /** Appends several events in one transaction (the sweeper's batch), in order. */
   appendEvents(events: readonly AuditEvent[]): Promise<void>;
   listEvents(filter: { grantId?: string }): Promise<AuditEvent[]>;
+  /**
+   * Seals up to `limit` unsealed events, oldest insertion first, into the chain: `plan` gets the
+   * head and the rows and says what to write; it all commits together. One sealer at a time
+   * across replicas: a replica that finds another sealing returns undefined at once.
+   */
+  sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number | undefined>;
+  chainHead(): Promise<ChainHead>;
+  /** Sealed records matching `query`, by position. */
+  queryAudit(query: AuditQuery): Promise<AuditRow[]>;
+  /** Every checkpoint, by position. */
+  listCheckpoints(): Promise<Checkpoint[]>;
+  /** How many events wait to be sealed, and when the oldest was written. */
+  unsealed(): Promise<{ count: number; oldestAt: number | null }>;
+  /**
+   * Takes (or keeps) the lease on export sink `name` for `owner` until `leaseUntil`; undefined
+   * when another replica holds it. A new sink starts at position `start`.
+   */
+  leaseSink(name: string, owner: string, now: number, leaseUntil: number, start: number): Promise<SinkCursor | undefined>;
+  /** Records a sink's progress (position delivered) or its latest failure. */
+  saveSink(name: string, owner: string, update: { position: number; attempts: number; lastError: string | null }): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The `system` event of a grant a sweep ended: expired (ttl, heartbeat), timed out or abandoned. */
+export function systemEnd(grant: GrantRecord): GrantEvent {
+  return { type: `grant.${grant.state}`, actor: 'system', detail: { reason: grant.endReason, by: 'system' } };
+}
+
+export function sinkFromRow(row: Record<string, unknown>): SinkCursor {
+  return {
+    name: String(row.name),
+    position: Number(row.position),
+    attempts: Number(row.attempts),
+    lastError: row.last_error === null || row.last_error === undefined ? null : String(row.last_error),
+  };
+}
+
+/** The WHERE clauses of an audit query, with `?` placeholders (PostgreSQL numbers them). */
+export function auditWhere(query: AuditQuery): { where: string[]; params: (string | number)[] } {
+  const where = ['position IS NOT NULL'];
+  const params: (string | number)[] = [];
+  const add = (clause: string, value: string | number) => {
+    where.push(clause);
+    params.push(value);
+  };
+  if (query.afterPosition !== undefined) add('position > ?', query.afterPosition);
+  if (query.grantId !== undefined) add('grant_id = ?', query.grantId);
+  if (query.subject !== undefined) add('subject = ?', query.subject);
+  if (query.actor !== undefined) add('actor = ?', query.actor);
+  if (query.outcome !== undefined) add('outcome = ?', query.outcome);
+  if (query.action?.endsWith('.*')) add("type LIKE ? ESCAPE '\\'", `${query.action.slice(0, -1).replace(/[\\%_]/g, '\\$&')}%`);
+  else if (query.action !== undefined) add('type = ?', query.action);
+  if (query.scope !== undefined) add("(' ' || scope || ' ') LIKE ? ESCAPE '\\'", `% ${query.scope.replace(/[\\%_]/g, '\\$&')}%`);
+  if (query.since !== undefined) add('at >= ?', query.since);
+  if (query.until !== undefined) add('at < ?', query.until);
+  return { where, params };
 }
