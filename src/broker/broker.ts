@@ -6,6 +6,7 @@ import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
 import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
+import { OidcExchange } from './oidc/exchange.ts';
 import { BROKER_HOST, PrincipalService } from './principals/service.ts';
 import { TableProvider } from './providers/postgres/provider.ts';
 import { openStore } from './store/index.ts';
@@ -114,7 +115,8 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const tables = TableProvider.configured(config) ? new TableProvider(config) : undefined;
   const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url, tables });
   const principals = new PrincipalService({ store, clock });
-  const app = buildApi({ config, grants, principals, version: VERSION });
+  const oidc = new OidcExchange({ config, store, clock });
+  const app = buildApi({ config, grants, principals, oidc, version: VERSION });
   try {
     await app.listen({ host: options.host, port: options.port });
   } catch (error) {

@@ -89,6 +89,38 @@ export type DenyRule = {
   reason: string;
 };
 
+/**
+ * A CI system whose OIDC identity tokens the broker exchanges for sessions (docs/broker-config.md#oidc).
+ * Keys come from `jwks` (inline, for air-gapped brokers), else `jwksUri`, else the issuer's
+ * discovery document.
+ */
+export type OidcIssuer = {
+  /** Short name, in audit records and error messages. */
+  name: string;
+  /** The `iss` a token must carry, exactly. */
+  issuer: string;
+  /** Accepted `aud` values: the token's audience must include one. */
+  audiences: string[];
+  jwksUri: string | undefined;
+  jwks: { keys: Record<string, unknown>[] } | undefined;
+  /** Asymmetric algorithms only: never `none`, never an HMAC one (no HS/RS confusion). */
+  algorithms: string[];
+  clockSkewSeconds: number;
+  /** Tokens issued longer ago than this are refused, even before their `exp`. */
+  maxTokenAgeSeconds: number;
+  /** How long a session from one exchange lasts: the longest a CI job can hold grants through it. */
+  sessionTtlSeconds: number;
+  /** A token with a key id the cached keys lack refetches them, at most this often. */
+  keyRefreshCooldownSeconds: number;
+  /** `ci:...` with `{claim}` placeholders, e.g. `ci:github:{repository}@{ref}`. */
+  subject: string;
+  /** Globs every token of this issuer must match to be exchanged at all (e.g. repository_owner). */
+  claims: Record<string, string>;
+};
+
+/** Signature algorithms an OIDC issuer may use: asymmetric only. */
+export const OIDC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+
 export type BrokerConfig = {
   /** Absolute directory of the config file; relative paths in it resolve from here. */
   dir: string;
@@ -109,6 +141,8 @@ export type BrokerConfig = {
   deny: DenyRule[];
   /** policy.groups: group name -> member subjects. */
   groups: Record<string, string[]>;
+  /** oidc.issuers: the CI systems whose identity tokens are exchanged for sessions. */
+  oidcIssuers: OidcIssuer[];
 };
 
 const duration = z
@@ -136,11 +170,48 @@ const scopePatterns = z
   )
   .min(1);
 
-const subjectList = z.array(z.string().regex(/^(user|group):.+$/, 'a subject is user:NAME or group:NAME'));
+const subjectList = z.array(
+  z.string().regex(/^((user|group):.+|ci:[\x21-\x7e]+)$/, 'a subject is user:NAME, group:NAME or a CI identity ci:... (globs: *, **)'),
+);
 
 const claimMatches = z.record(z.string().min(1), z.string().min(1, 'a claim pattern is a non-empty string (globs: *, **)')).default({});
 
 const GROUP_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
+
+/** https, or http on a loopback host (a test issuer on this machine). Kept as written: `iss` is compared exactly. */
+const oidcUrl = z.url().refine((text) => {
+  const url = new URL(text);
+  return url.protocol === 'https:' || (url.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname));
+}, 'an OIDC issuer or JWKS URL is https:// (http:// only on a loopback host)');
+
+const SUBJECT_TEMPLATE = /^ci:([\x21-\x7a|~]|\{[A-Za-z_][A-Za-z0-9_.-]*\})+$/;
+
+const oidcIssuerSchema = z.strictObject({
+  name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an issuer name is lowercase letters, digits or "-", e.g. github'),
+  issuer: oidcUrl,
+  audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+  jwksUri: oidcUrl.optional(),
+  jwks: z
+    .strictObject({
+      keys: z.array(z.record(z.string(), z.unknown()).refine((key) => typeof key.kty === 'string', 'a JWK needs kty')).min(1),
+    })
+    .optional(),
+  algorithms: z
+    .array(z.enum(OIDC_ALGORITHMS, { error: `allowed algorithms are ${OIDC_ALGORITHMS.join(', ')} (never none or HS*)` }))
+    .min(1)
+    .default(['RS256']),
+  clockSkew: duration.default(60),
+  maxTokenAge: duration.default(3600),
+  keyRefreshCooldown: duration.default(30),
+  sessionTtl: duration
+    .default(3600)
+    .refine((seconds) => seconds <= 86_400, 'a session lasts at most 1d (a CI job that runs longer exchanges again)'),
+  subject: z
+    .string()
+    .regex(SUBJECT_TEMPLATE, 'a subject template is ci:TEXT with {claim} placeholders, e.g. ci:github:{repository}@{ref}')
+    .default('ci:{iss}:{sub}'),
+  claims: claimMatches,
+});
 
 const schema = z
   .strictObject({
@@ -162,6 +233,24 @@ const schema = z
       })
       .default({ heartbeatTimeout: 30, sweepInterval: 1, approvalTimeout: 3600 }),
     store: storeSchema,
+    oidc: z
+      .strictObject({ issuers: z.array(oidcIssuerSchema).default([]) })
+      .default({ issuers: [] })
+      .superRefine((oidc, context) => {
+        const seen = new Set<string>();
+        oidc.issuers.forEach((issuer, index) => {
+          for (const [key, value] of [
+            ['name', issuer.name],
+            ['issuer', issuer.issuer],
+          ] as const) {
+            if (seen.has(`${key}:${value}`))
+              context.addIssue({ code: 'custom', path: ['issuers', index, key], message: `duplicate ${key} "${value}"` });
+            seen.add(`${key}:${value}`);
+          }
+          if (issuer.jwks && issuer.jwksUri)
+            context.addIssue({ code: 'custom', path: ['issuers', index, 'jwks'], message: 'give jwks (inline keys) or jwksUri, not both' });
+        });
+      }),
     resources: z.record(
       z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'a resource name is lowercase letters, digits, "-" or "_"'),
       z.discriminatedUnion('kind', [
@@ -441,6 +530,20 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
     rules,
     deny: config.policy.deny,
     groups: config.policy.groups,
+    oidcIssuers: config.oidc.issuers.map((issuer) => ({
+      name: issuer.name,
+      issuer: issuer.issuer,
+      audiences: [issuer.audience].flat(),
+      jwksUri: issuer.jwksUri,
+      jwks: issuer.jwks,
+      algorithms: issuer.algorithms,
+      clockSkewSeconds: issuer.clockSkew,
+      maxTokenAgeSeconds: issuer.maxTokenAge,
+      sessionTtlSeconds: issuer.sessionTtl,
+      keyRefreshCooldownSeconds: issuer.keyRefreshCooldown,
+      subject: issuer.subject,
+      claims: issuer.claims,
+    })),
   };
 }
 

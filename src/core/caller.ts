@@ -11,8 +11,18 @@ import { ForbiddenError } from './errors.ts';
 export const ROLES = ['requester', 'approver', 'auditor', 'admin'] as const;
 export type Role = (typeof ROLES)[number];
 
-/** Who made an API call: the subject its token belongs to, the token's roles, and the token's id. */
-export type Caller = { subject: string; roles: readonly Role[]; tokenId: string };
+/**
+ * Who made an API call: the subject its token belongs to, the token's roles, and the token's id.
+ * A CI job's OIDC session (docs/ci.md#oidc) also carries its token's verified claims, for the
+ * policy's claim rules, and when it ends: grants never outlive it.
+ */
+export type Caller = {
+  subject: string;
+  roles: readonly Role[];
+  tokenId: string;
+  claims?: Readonly<Record<string, unknown>>;
+  sessionExpiresAt?: number;
+};
 
 export function hasRole(caller: Caller, role: Role): boolean {
   return caller.roles.includes('admin') || caller.roles.includes(role);

@@ -49,6 +49,8 @@ export async function startTestBroker(
     /** More resources, as YAML lines indented under `resources:` (e.g. a postgres resource). */
     resources?: string;
     approvalTimeout?: string;
+    /** More top-level YAML appended to broker.yaml (e.g. an `oidc:` section). */
+    extraYaml?: string;
   } = {},
 ): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'jit-broker-'));
@@ -69,6 +71,10 @@ export async function startTestBroker(
     const configFile = path.join(dir, 'broker.yaml');
     const yaml = await readFile(configFile, 'utf8');
     await writeFile(configFile, yaml.replace(/\nresources:\n/, `\nresources:\n${options.resources.replace(/\n?$/, '\n')}`));
+  }
+  if (options.extraYaml) {
+    const configFile = path.join(dir, 'broker.yaml');
+    await writeFile(configFile, `${await readFile(configFile, 'utf8')}\n${options.extraYaml.replace(/\n?$/, '\n')}`);
   }
   if (options.trustedProxies) {
     const configFile = path.join(dir, 'broker.yaml');

@@ -8,6 +8,8 @@ import {
   grantRequestSchema,
   grantViewSchema,
   issuedGrantSchema,
+  oidcExchangeSchema,
+  oidcSessionSchema,
   receiptSchema,
   renewRequestSchema,
   tokenIdParams,
@@ -27,10 +29,11 @@ const errors = (...statuses: number[]) =>
 
 const ERROR_MEANINGS: Record<number, string> = {
   400: 'invalid request: bad body, scope, resource, action or TTL',
-  401: 'no valid token (API token on control routes, grant credential on /v1/files)',
+  401: 'no valid token (API token or CI session on control routes, grant credential on /v1/files, a refused OIDC token on /v1/auth/oidc)',
   403: "denied by policy, outside the grant, or (code forbidden) the token's roles do not allow the call",
   404: 'no such grant (for this principal), token or file',
   409: 'the grant has ended, is not pending (approve, deny), was already reviewed by you, or cannot be renewed further',
+  429: 'too many failed authentications from this address; retry after the retry-after header',
 };
 
 const grantId = [{ name: 'id', in: 'path', required: true, schema: grantIdParams.properties.id }];
@@ -48,7 +51,7 @@ export function openApiDocument(version: string) {
     info: { title: 'jit broker API', version, description: 'Just-in-time grants for AI workloads. Reference: docs/api.md.' },
     components: {
       securitySchemes: {
-        apiToken: { type: 'http', scheme: 'bearer', description: 'a principal API token (jit_...)' },
+        apiToken: { type: 'http', scheme: 'bearer', description: "a principal API token (jit_...), or a CI job's OIDC session (jits_...)" },
         grantCredential: { type: 'http', scheme: 'bearer', description: 'a grant credential (jitc_...), as `jit run` gives a job' },
         s3SigV4: {
           type: 'apiKey',
@@ -67,6 +70,8 @@ export function openApiDocument(version: string) {
         IssuedGrant: issuedGrantSchema,
         Receipt: receiptSchema,
         Whoami: whoamiSchema,
+        OidcExchange: oidcExchangeSchema,
+        OidcSession: oidcSessionSchema,
         TokenRequest: tokenRequestSchema,
         Token: tokenViewSchema,
         CreatedToken: createdTokenSchema,
@@ -98,6 +103,18 @@ export function openApiDocument(version: string) {
           responses: {
             '200': { description: 'the caller', ...json(ref('Whoami')) },
             ...errors(401),
+          },
+        },
+      },
+      '/v1/auth/oidc': {
+        post: {
+          summary:
+            "exchange a CI job's OIDC identity token for a requester session (docs/ci.md#oidc); every exchange and refusal is audited",
+          security: [],
+          requestBody: { required: true, ...json(ref('OidcExchange')) },
+          responses: {
+            '201': { description: 'the session; its bearer is in this response only', ...json(ref('OidcSession')) },
+            ...errors(400, 401, 429),
           },
         },
       },

@@ -251,6 +251,37 @@ export const whoamiSchema = {
   properties: {
     subject: { type: 'string' },
     roles: { type: 'array', items: { type: 'string', enum: [...ROLES] } },
-    tokenId: { type: 'string', pattern: TOKEN_ID.source },
+    tokenId: { type: 'string', pattern: `${TOKEN_ID.source}|^ses_[0-9a-f]{20}$`, description: 'the API token id, or a CI session id' },
+    expiresAt: { type: 'string', format: 'date-time', description: 'for a CI session only: when it ends' },
+  },
+} as const;
+
+export const oidcExchangeSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['token'],
+  properties: {
+    token: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 16384,
+      description: "the CI system's OIDC identity token (a JWT), with an audience the broker accepts",
+    },
+  },
+} as const;
+
+export const oidcSessionSchema = {
+  type: 'object',
+  required: ['session', 'sessionId', 'subject', 'issuer', 'roles', 'expiresAt'],
+  properties: {
+    session: { type: 'string', description: 'the session bearer (jits_...), in this response only; send it as Authorization: Bearer' },
+    sessionId: { type: 'string', pattern: '^ses_[0-9a-f]{20}$' },
+    subject: {
+      type: 'string',
+      description: "the CI identity, from the issuer's subject template, e.g. ci:github:acme/train@refs/heads/main",
+    },
+    issuer: { type: 'string', description: "the issuer's name in broker.yaml" },
+    roles: { type: 'array', items: { type: 'string', enum: ['requester'] } },
+    expiresAt: { type: 'string', format: 'date-time', description: "when the session ends; the caller's grants end by then too" },
   },
 } as const;

@@ -6,6 +6,7 @@ import { JitError, UsageError } from '../../core/errors.ts';
 import type { TokenRequest } from '../../core/token.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
+import type { OidcExchange } from '../oidc/exchange.ts';
 import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { registerHttpProxy } from '../providers/http/proxy.ts';
@@ -19,6 +20,7 @@ import {
   grantIdParams,
   grantListQuery,
   grantRequestSchema,
+  oidcExchangeSchema,
   renewRequestSchema,
   tokenIdParams,
   tokenRequestSchema,
@@ -67,6 +69,8 @@ export function buildApi(options: {
   config: BrokerConfig;
   grants: GrantService;
   principals: PrincipalService;
+  /** Exchanges CI identity tokens for sessions (oidc.issuers); without it, POST /v1/auth/oidc refuses every token. */
+  oidc?: OidcExchange;
   version: string;
   /** Failed-authentication budget per source address (default 20 a minute). */
   authFailures?: { limit?: number; windowMs?: number };
@@ -152,7 +156,8 @@ export function buildApi(options: {
       // Only an unknown token or credential counts as a guess. A known grant's credential refused
       // because the grant ended (or awaits approval) is its holder retrying, not someone guessing:
       // counting it would lock a busy address (a CI runner, a load balancer) out of the broker.
-      if (error instanceof JitError && error.httpStatus === 401 && error.code === 'unauthenticated') limiter.recordFailure(request.ip);
+      if (error instanceof JitError && error.httpStatus === 401 && (error.code === 'unauthenticated' || error.code === 'oidc_rejected'))
+        limiter.recordFailure(request.ip);
       throw error;
     }
   };
@@ -162,8 +167,17 @@ export function buildApi(options: {
   const document = openApiDocument(options.version);
   app.get('/v1/openapi.json', async () => document);
   app.get('/v1/whoami', async (request) => {
-    const { subject, roles, tokenId } = await caller(request);
-    return { subject, roles, tokenId };
+    const { subject, roles, tokenId, sessionExpiresAt } = await caller(request);
+    return { subject, roles, tokenId, ...(sessionExpiresAt === undefined ? {} : { expiresAt: new Date(sessionExpiresAt).toISOString() }) };
+  });
+
+  // A CI job's OIDC identity token for a requester session (docs/ci.md#oidc). No API token: the
+  // identity token is the credential, and each refusal counts against the source's failure budget.
+  app.post('/v1/auth/oidc', { schema: { body: oidcExchangeSchema } }, async (request, reply) => {
+    const { token } = request.body as { token: string };
+    const { oidc } = options;
+    if (!oidc) throw new UsageError('this broker does not exchange OIDC tokens', { code: 'oidc_not_configured' });
+    return reply.status(201).send(await guarded(request, () => oidc.exchange(token)));
   });
 
   // Roles (docs/principals.md): a requester works on its own grants (someone else's is a 404, as
@@ -171,7 +185,7 @@ export function buildApi(options: {
   app.post('/v1/grants', { schema: { body: grantRequestSchema } }, async (request, reply) => {
     const who = await caller(request);
     requireRole(who, 'requester', 'requesting a grant');
-    const issued = await grants.request(who.subject, request.body as GrantRequest);
+    const issued = await grants.request(who, request.body as GrantRequest);
     // 202: accepted but pending approval; the credential works once it is approved.
     return reply.status(issued.state === 'pending' ? 202 : 201).send(issued);
   });
@@ -208,7 +222,7 @@ export function buildApi(options: {
     const who = await caller(request);
     requireRole(who, 'requester', 'renewing a grant');
     const { ttlSeconds } = (request.body ?? {}) as { ttlSeconds?: number };
-    return grants.renew(who.subject, (request.params as { id: string }).id, ttlSeconds);
+    return grants.renew(who, (request.params as { id: string }).id, ttlSeconds);
   });
 
   // Approval: an approver sees and reviews the pending requests whose rules name it (by user or

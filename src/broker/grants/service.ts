@@ -1,13 +1,14 @@
 import { createReadStream, type ReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { describeRequirements } from '../../core/approval.ts';
+import type { Caller } from '../../core/caller.ts';
 import { formatDuration } from '../../core/duration.ts';
 import { AuthError, ConflictError, ForbiddenError, JitError, NotFoundError } from '../../core/errors.ts';
 import type { ApprovalView, GrantView, IssuedGrant, RevocationReceipt } from '../../core/grant.ts';
 import { hashSecret, newSecret, newTimeOrderedId } from '../../core/ids.ts';
 import { formatScope, parseScope, type Scope } from '../../core/scope.ts';
 import type { BrokerConfig, Budget, HttpResource } from '../config.ts';
-import { type AllowedDecision, type Decision, evaluate } from '../policy/evaluate.ts';
+import { type AllowedDecision, type Decision, evaluate, type Principal } from '../policy/evaluate.ts';
 import { filesEnv } from '../providers/files.ts';
 import { httpEnv } from '../providers/http/proxy.ts';
 import type { TableProvider } from '../providers/postgres/provider.ts';
@@ -24,6 +25,9 @@ import {
 import { allMet, mayReview, type Requirement, requirementsOf, statusOf } from './approvals.ts';
 
 export type Clock = { now(): number };
+
+/** Who requests or renews: a subject (an API token's), or a caller that may be a CI session with claims. */
+export type Requester = string | Pick<Caller, 'subject' | 'claims' | 'sessionExpiresAt'>;
 
 /** What a data plane learns of a credential (GrantService.checkCredential). */
 export type CredentialCheck =
@@ -74,8 +78,10 @@ export class GrantService {
    * approval. Either way the requester gets the credential now, once; a pending grant's
    * credential is refused by the data plane until approval makes the grant active.
    */
-  async request(subject: string, request: GrantRequest): Promise<IssuedGrant> {
-    const { scopes, decision } = await this.#decide(subject, request);
+  async request(requester: Requester, request: GrantRequest): Promise<IssuedGrant> {
+    const principal = this.#principal(requester);
+    const { subject } = principal;
+    const { scopes, decision } = await this.#decide(principal, request);
     const now = this.#clock.now();
     const credential = newSecret('jitc');
     const requirements = requirementsOf(decision);
@@ -450,7 +456,9 @@ export class GrantService {
    * subject that has lost access since cannot renew. Approval is not asked again: it was given
    * for up to the max.
    */
-  async renew(subject: string, id: string, ttlSeconds: number | undefined): Promise<GrantView> {
+  async renew(requester: Requester, id: string, ttlSeconds: number | undefined): Promise<GrantView> {
+    const principal = this.#principal(requester);
+    const { subject } = principal;
     const grant = await this.#owned(subject, id);
     const now = this.#clock.now();
     await this.#expireIfDue(grant, now);
@@ -463,12 +471,14 @@ export class GrantService {
     }
     const original = parseDecision(current);
     const decision = await this.#audited(subject, { scopes: current.scopes, ttlSeconds, reason: `renewal of ${id}` }, () =>
-      evaluate(this.#config, { subject }, current.scopes.map(parseScope), ttlSeconds),
+      evaluate(this.#config, principal, current.scopes.map(parseScope), ttlSeconds),
     );
     const maxSeconds = Math.min(original.maxTtlSeconds ?? decision.maxTtlSeconds, decision.maxTtlSeconds);
     const since = current.activatedAt ?? current.createdAt;
     const cap = since + maxSeconds * 1000;
-    const target = Math.min(now + (ttlSeconds ?? current.ttlSeconds) * 1000, cap);
+    // A CI session's grant never outlives the session (the decision refused a longer ttlSeconds).
+    const sessionEnd = now + (principal.sessionSecondsLeft ?? Number.POSITIVE_INFINITY) * 1000;
+    const target = Math.min(now + (ttlSeconds ?? current.ttlSeconds) * 1000, cap, sessionEnd);
     if (target <= current.expiresAt) {
       const capped = target === cap;
       throw new ConflictError(
@@ -690,10 +700,10 @@ export class GrantService {
    * Parses and decides a request. A refusal (bad scope, policy, TTL) is an audit record too,
    * with what was asked and why it was refused: every decision is on the trail.
    */
-  #decide(subject: string, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
-    return this.#audited(subject, request, async () => {
+  #decide(principal: Principal, request: GrantRequest): Promise<{ scopes: Scope[]; decision: AllowedDecision }> {
+    return this.#audited(principal.subject, request, async () => {
       const scopes = request.scopes.map((text) => checkScope(this.#config.resources, parseScope(text)));
-      const decision = evaluate(this.#config, { subject }, scopes, request.ttlSeconds);
+      const decision = evaluate(this.#config, principal, scopes, request.ttlSeconds);
       // Tables and columns must exist and be offered: refused before any role is created.
       if (this.#tableResources(scopes).length > 0) await this.#tables?.check(scopes);
       return { scopes, decision };
@@ -761,6 +771,17 @@ export class GrantService {
       endedAt: grant.endedAt === null ? null : iso(grant.endedAt),
       endReason: grant.endReason,
       approval,
+    };
+  }
+
+  /** Who asks, for the policy: a CI session's claims and the seconds it has left come along. */
+  #principal(requester: Requester): Principal {
+    if (typeof requester === 'string') return { subject: requester };
+    const { subject, claims, sessionExpiresAt } = requester;
+    return {
+      subject,
+      ...(claims ? { claims } : {}),
+      ...(sessionExpiresAt === undefined ? {} : { sessionSecondsLeft: (sessionExpiresAt - this.#clock.now()) / 1000 }),
     };
   }
 

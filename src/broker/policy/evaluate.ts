@@ -12,9 +12,15 @@ export type Policy = {
 
 /**
  * Who is asking. `groups` come from policy.groups (resolved here too, so a caller may leave them
- * out); `claims` are a CI identity's token claims (OIDC, a later issue), matched by claim rules.
+ * out); `claims` are a CI identity's verified OIDC token claims, matched by claim rules;
+ * `sessionSecondsLeft` is how long that CI identity's session still lasts: no grant outlives it.
  */
-export type Principal = { subject: string; groups?: readonly string[]; claims?: Readonly<Record<string, unknown>> };
+export type Principal = {
+  subject: string;
+  groups?: readonly string[];
+  claims?: Readonly<Record<string, unknown>>;
+  sessionSecondsLeft?: number;
+};
 
 /** Why a rule played no part for a scope: the explanation a data owner reads. */
 export type RuleMiss = { rule: string; kind: 'allow' | 'deny'; why: string };
@@ -70,7 +76,10 @@ function whoMismatch(
 ) {
   if (rule.subjects.length > 0) {
     const matches = rule.subjects.some(
-      (subject) => subject === principal.subject || (subject.startsWith('group:') && groups.includes(subject.slice('group:'.length))),
+      (subject) =>
+        subject === principal.subject ||
+        (subject.startsWith('group:') && groups.includes(subject.slice('group:'.length))) ||
+        (subject.startsWith('ci:') && principal.subject.startsWith('ci:') && globMatches(subject, principal.subject)),
     );
     if (!matches) return 'subject did not match';
   }
@@ -194,6 +203,22 @@ function refusalFor(
   return null;
 }
 
+/** How long the CI session behind the request still lasts, in whole seconds (at least 1); Infinity for API tokens. */
+function sessionLeft(principal: Principal): number {
+  return principal.sessionSecondsLeft === undefined ? Number.POSITIVE_INFINITY : Math.max(1, Math.floor(principal.sessionSecondsLeft));
+}
+
+/** A CI session's grants end with it at the latest: a longer TTL is refused up front, not lost mid-job. */
+function sessionRefusal(principal: Principal, requestedTtl: number | undefined): Refusal | null {
+  const left = sessionLeft(principal);
+  if (requestedTtl === undefined || requestedTtl <= left) return null;
+  return {
+    code: 'ttl_too_long',
+    message: `ttl ${formatDuration(requestedTtl)} is longer than the ${formatDuration(left)} left of ${principal.subject}'s CI session`,
+    hint: `ask for --ttl ${formatDuration(left)} or less, or raise the issuer's sessionTtl (oidc.issuers in broker.yaml)`,
+  };
+}
+
 function approvalOf(outcomes: ScopeOutcome[]): Approval {
   const needed = outcomes.flatMap((outcome) => (outcome.approval ? [outcome.approval] : []));
   if (needed.length === 0) return NO_APPROVAL;
@@ -212,7 +237,7 @@ function approvalOf(outcomes: ScopeOutcome[]): Approval {
 export function decide(policy: Policy, principal: Principal, scopes: readonly Scope[], requestedTtlSeconds: number | undefined): Decision {
   const groups = groupsOf(policy, principal);
   const outcomes = scopes.map((scope) => explainScope(policy, principal, groups, scope, requestedTtlSeconds));
-  const refusal = refusalFor(principal, scopes, outcomes, requestedTtlSeconds);
+  const refusal = refusalFor(principal, scopes, outcomes, requestedTtlSeconds) ?? sessionRefusal(principal, requestedTtlSeconds);
   const used = outcomes.flatMap((outcome) => (outcome.ruleUsed ? [outcome.ruleUsed] : []));
   const explanation = outcomes.map(({ ruleUsed: _rule, capSeconds: _cap, ...shown }) => shown);
   if (refusal)
@@ -228,7 +253,7 @@ export function decide(policy: Policy, principal: Principal, scopes: readonly Sc
   return {
     subject: principal.subject,
     allowed: true,
-    ttlSeconds: requestedTtlSeconds ?? Math.min(...used.map((rule) => rule.defaultTtlSeconds)),
+    ttlSeconds: requestedTtlSeconds ?? Math.min(...used.map((rule) => rule.defaultTtlSeconds), sessionLeft(principal)),
     maxTtlSeconds: Math.min(...used.map((rule) => rule.maxTtlSeconds)),
     approval: approvalOf(outcomes),
     explanation,

@@ -4,6 +4,7 @@ import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import { checkTokenSubject } from '../../core/subject.ts';
 import { type CreatedToken, checkRoles, type TokenRequest, type TokenRevocation, type TokenView } from '../../core/token.ts';
 import type { Clock } from '../grants/service.ts';
+import { SESSION_PREFIX } from '../oidc/exchange.ts';
 import type { BrokerStore, PrincipalRecord } from '../store/store.ts';
 
 /** The creator recorded for tokens minted on the broker host itself (`jit broker init`, `--dir`). */
@@ -39,9 +40,29 @@ export class PrincipalService {
   }
 
   async authenticate(token: string | undefined): Promise<Caller> {
+    if (token?.startsWith(`${SESSION_PREFIX}_`)) return this.#session(token);
     const principal = token ? await this.#store.findPrincipalByTokenHash(hashSecret(token)) : undefined;
     if (!principal) throw new AuthError(token ? 'the API token is not valid' : 'no API token was sent');
     return { subject: principal.subject, roles: principal.roles, tokenId: principal.tokenId };
+  }
+
+  /** A CI job's OIDC session: requester only, with its token's claims, until it expires. */
+  async #session(token: string): Promise<Caller> {
+    const session = await this.#store.findSessionByTokenHash(hashSecret(token));
+    if (!session) throw new AuthError('the session token is not valid');
+    if (session.expiresAt <= this.#clock.now()) {
+      throw new AuthError(`the CI session ${session.sessionId} ended at ${iso(session.expiresAt)}`, {
+        code: 'session_expired',
+        hint: "exchange the job's OIDC token again (any jit command in the job does); oidc.issuers[].sessionTtl sets how long a session lasts",
+      });
+    }
+    return {
+      subject: session.subject,
+      roles: ['requester'],
+      tokenId: session.sessionId,
+      claims: session.claims,
+      sessionExpiresAt: session.expiresAt,
+    };
   }
 
   /** Mints a token for `request.subject`; `by` is who asked (an admin's subject, or BROKER_HOST). */

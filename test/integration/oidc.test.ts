@@ -1,0 +1,283 @@
+import assert from 'node:assert/strict';
+import { createHmac, createPublicKey } from 'node:crypto';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SqliteStore } from '../../src/broker/store/sqlite.ts';
+import type { AuditEvent } from '../../src/broker/store/store.ts';
+import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { startTestIssuer, type TestIssuer } from '../helpers/oidc-issuer.ts';
+
+/**
+ * OIDC federation (issue 9) against a real broker and a local issuer this test starts (its own
+ * keys, discovery document and JWKS endpoint). Every refused token must leave an
+ * `auth.oidc_rejected` record with its reason, and no token may reach the audit trail.
+ */
+const AUDIENCE = 'https://jit.test';
+const SUBJECT = 'ci:github:acme/train-pipeline@refs/heads/main';
+
+describe('OIDC exchange', () => {
+  let issuer: TestIssuer;
+  let airgap: TestIssuer;
+  let broker: TestBroker;
+  let skew = 0;
+  const secrets: string[] = [];
+
+  before(async () => {
+    issuer = await startTestIssuer({ audience: AUDIENCE });
+    airgap = await startTestIssuer({ audience: AUDIENCE });
+    broker = await startTestBroker({
+      clock: { now: () => Date.now() + skew },
+      policy: `policy:
+  rules:
+    - name: admin-datasets
+      subjects: ["user:admin"]
+      scopes: ["datasets/**"]
+      maxTtl: 8h
+    - name: train-pipeline-main
+      claims: { repository: "acme/train-pipeline", ref: "refs/heads/main" }
+      scopes: ["datasets/train/**"]
+      defaultTtl: 1h
+      maxTtl: 2h
+    - name: acme-ci-eval
+      subjects: ["ci:github:acme/**"]
+      claims: { environment: "eval" }
+      scopes: ["datasets/eval/**"]
+      maxTtl: 30m
+  deny:
+    - name: no-unprotected-refs
+      claims: { ref_protected: "false" }
+      scopes: ["datasets/**"]
+      reason: only protected branches read data
+`,
+      extraYaml: `oidc:
+  issuers:
+    - name: github
+      issuer: ${issuer.url}
+      audience: ${AUDIENCE}
+      subject: "ci:github:{repository}@{ref}"
+      claims: { repository_owner: "acme" }
+      clockSkew: 5s
+      sessionTtl: 3h
+      keyRefreshCooldown: 1s
+    - name: airgap
+      issuer: ${airgap.url}
+      audience: [${AUDIENCE}, "https://other.test"]
+      jwks: ${JSON.stringify(airgap.jwks())}
+      subject: "ci:airgap:{sub}"
+      sessionTtl: 30m
+`,
+    });
+  });
+  after(async () => {
+    await broker?.cleanup();
+    await issuer?.close();
+    await airgap?.close();
+  });
+
+  const exchange = async (token: string) => {
+    secrets.push(token);
+    const response = await fetch(`${broker.url}/v1/auth/oidc`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token }),
+    });
+    const body = (await response.json()) as Record<string, unknown>;
+    if (typeof body.session === 'string') secrets.push(body.session);
+    return { status: response.status, body };
+  };
+  const call = async (session: string, method: string, route: string, json?: unknown) => {
+    const response = await fetch(`${broker.url}/v1/${route}`, {
+      method,
+      headers: { authorization: `Bearer ${session}`, ...(json === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(json === undefined ? {} : { body: JSON.stringify(json) }),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+  const events = async (): Promise<AuditEvent[]> => {
+    const store = new SqliteStore(path.join(broker.dir, 'broker.db'));
+    try {
+      return await store.listEvents({});
+    } finally {
+      await store.close();
+    }
+  };
+  const lastRejection = async () => (await events()).filter((event) => event.type === 'auth.oidc_rejected').at(-1);
+
+  it('exchanges a valid token for a requester session with the mapped subject, and records the deciding claims', async () => {
+    const { status, body } = await exchange(await issuer.sign());
+    assert.equal(status, 201, JSON.stringify(body));
+    assert.equal(body.subject, SUBJECT);
+    assert.equal(body.issuer, 'github');
+    assert.deepEqual(body.roles, ['requester']);
+    assert.match(String(body.session), /^jits_/);
+    const expiresIn = Date.parse(String(body.expiresAt)) - Date.now();
+    assert.ok(expiresIn > 3 * 3600_000 - 60_000 && expiresIn <= 3 * 3600_000, 'the session lasts the issuer sessionTtl');
+    const whoami = await call(String(body.session), 'GET', 'whoami');
+    assert.equal(whoami.body.subject, SUBJECT);
+    assert.equal(whoami.body.tokenId, body.sessionId);
+    const exchanged = (await events()).filter((event) => event.type === 'auth.oidc_exchanged').at(-1);
+    assert.equal(exchanged?.subject, SUBJECT);
+    assert.equal(exchanged?.detail.sessionId, body.sessionId);
+    assert.equal(exchanged?.detail.issuer, 'github');
+    const claims = exchanged?.detail.claims as Record<string, unknown>;
+    assert.equal(claims.repository, 'acme/train-pipeline');
+    assert.equal(claims.ref, 'refs/heads/main');
+    assert.equal(claims.repository_owner, 'acme');
+  });
+
+  it('lets the main branch of acme/train-pipeline read datasets/train for up to 2h, as the rule says', async () => {
+    const { body } = await exchange(await issuer.sign());
+    const session = String(body.session);
+    const granted = await call(session, 'POST', 'grants', { scopes: ['datasets/train'], ttlSeconds: 7200 });
+    assert.equal(granted.status, 201, JSON.stringify(granted.body));
+    assert.equal(granted.body.subject, SUBJECT);
+    const decision = (await events()).filter((event) => event.grantId === granted.body.id).at(0)?.detail.decision as {
+      explanation: { rule: string }[];
+    };
+    assert.equal(decision.explanation[0]?.rule, 'train-pipeline-main');
+    secrets.push(String(granted.body.credential));
+    const tooLong = await call(session, 'POST', 'grants', { scopes: ['datasets/train'], ttlSeconds: 3 * 3600 });
+    assert.equal(tooLong.status, 400);
+    assert.equal(tooLong.body.code, 'ttl_too_long');
+    // The session holds and releases its own grant: heartbeat and revoke work with it.
+    assert.equal((await call(session, 'POST', `grants/${granted.body.id}/heartbeat`)).status, 200);
+    assert.equal((await call(session, 'DELETE', `grants/${granted.body.id}`)).status, 200);
+    // A requester only: no admin routes.
+    assert.equal((await call(session, 'GET', 'tokens')).status, 403);
+  });
+
+  it('denies what the claims do not allow, and explains which claims missed', async () => {
+    const { body } = await exchange(await issuer.sign({ ref: 'refs/heads/feature-x' }));
+    assert.equal(body.subject, 'ci:github:acme/train-pipeline@refs/heads/feature-x');
+    const refused = await call(String(body.session), 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(refused.status, 403);
+    assert.equal(refused.body.code, 'policy_denied');
+    const eval_ = await exchange(await issuer.sign({ environment: 'eval' }));
+    const evalGrant = await call(String(eval_.body.session), 'POST', 'grants', { scopes: ['datasets/eval'] });
+    assert.equal(evalGrant.status, 201, 'a ci: subject glob plus a claim allows');
+    secrets.push(String(evalGrant.body.credential));
+    const unprotected = await exchange(await issuer.sign({ ref_protected: false }));
+    const denied = await call(String(unprotected.body.session), 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(denied.status, 403);
+    assert.match(String(denied.body.detail), /deny rule "no-unprotected-refs"/);
+  });
+
+  it('refuses a token whose claims the issuer entry does not allow (repository_owner)', async () => {
+    const { status, body } = await exchange(await issuer.sign({ repository_owner: 'evil', repository: 'evil/x' }));
+    assert.equal(status, 401);
+    assert.equal(body.code, 'oidc_rejected');
+    assert.equal((await lastRejection())?.detail.reason, 'claims_not_allowed');
+  });
+
+  const bad: [string, () => Promise<string>, string, RegExp][] = [
+    ['a wrong audience', () => issuer.sign({ aud: 'https://someone-else.test' }), 'wrong_audience', /audience/],
+    ['an issuer it does not trust', () => issuer.sign({ iss: 'https://token.evil.test' }), 'unknown_issuer', /does not trust/],
+    ['an expired token', () => issuer.sign({ iat: now() - 900, nbf: now() - 900, exp: now() - 600 }), 'expired', /expired at/],
+    ['a token not valid yet', () => issuer.sign({ nbf: now() + 600, exp: now() + 900 }), 'not_yet_valid', /not valid before/],
+    ['a token issued in the future', () => issuer.sign({ iat: now() + 600, exp: now() + 900 }), 'issued_in_future', /future/],
+    ['a token older than maxTokenAge', () => issuer.sign({ iat: now() - 7200, exp: now() + 60 }), 'too_old', /issued more than/],
+    ['alg none', async () => unsigned(await issuer.sign()), 'algorithm_not_allowed', /algorithm/],
+    ['a tampered payload', async () => tampered(await issuer.sign(), { repository: 'acme/other' }), 'bad_signature', /signature/],
+    ['HS256 signed with the public key (algorithm confusion)', () => hmacWithPublicKey(issuer), 'algorithm_not_allowed', /algorithm/],
+    ['not a JWT at all', async () => 'not-a-jwt', 'malformed', /not a JWT/],
+  ];
+  for (const [what, make, reason, message] of bad) {
+    it(`refuses ${what} (${reason}), with the reason in the audit trail`, async () => {
+      const { status, body } = await exchange(await make());
+      assert.equal(status, 401, JSON.stringify(body));
+      assert.equal(body.code, 'oidc_rejected');
+      assert.match(String(body.detail), message);
+      const rejection = await lastRejection();
+      assert.equal(rejection?.detail.reason, reason);
+      assert.equal(rejection?.subject, null);
+    });
+  }
+
+  it('refuses an unknown key id after one refresh of the keys, and refreshes no more often than keyRefreshCooldown', async () => {
+    await exchange(await issuer.sign()); // keys cached
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const before = issuer.jwksFetches();
+    const unpublished = await issuer.rotate({ publish: false });
+    const first = await exchange(await issuer.sign());
+    assert.equal(first.status, 401);
+    assert.equal((await lastRejection())?.detail.reason, 'unknown_key');
+    assert.deepEqual((await lastRejection())?.detail.header, { alg: 'RS256', kid: unpublished });
+    assert.equal(issuer.jwksFetches(), before + 1, 'an unknown kid refetches the keys once');
+    for (let attempt = 0; attempt < 5; attempt++) assert.equal((await exchange(await issuer.sign())).status, 401);
+    assert.equal(issuer.jwksFetches(), before + 1, 'not again within the cooldown');
+  });
+
+  it('picks up a rotated key: a new kid published by the issuer is fetched on first sight', async () => {
+    issuer.publishAll();
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const rotated = await issuer.rotate();
+    const { status, body } = await exchange(await issuer.sign());
+    assert.equal(status, 201, JSON.stringify(body));
+    const exchanged = (await events()).filter((event) => event.type === 'auth.oidc_exchanged').at(-1);
+    assert.equal(exchanged?.detail.sessionId, body.sessionId);
+    assert.notEqual(rotated, undefined);
+  });
+
+  it('verifies with inline keys (air-gapped) without fetching anything, and caps grants at the session end', async () => {
+    const { status, body } = await exchange(await airgap.sign({ sub: 'pipeline-7', aud: 'https://other.test' }));
+    assert.equal(status, 201, JSON.stringify(body));
+    assert.equal(body.subject, 'ci:airgap:pipeline-7');
+    assert.equal(airgap.jwksFetches(), 0);
+    // Its token carries the train pipeline's claims, so train-pipeline-main allows up to 2h, but
+    // not past the end of this 30m session.
+    const session = String(body.session);
+    const refused = await call(session, 'POST', 'grants', { scopes: ['datasets/train'], ttlSeconds: 3600 });
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.code, 'ttl_too_long');
+    assert.match(String(refused.body.detail), /left of ci:airgap:pipeline-7's CI session/);
+    const defaulted = await call(session, 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(defaulted.status, 201);
+    secrets.push(String(defaulted.body.credential));
+    const lifetime = Date.parse(String(defaulted.body.expiresAt)) - Date.now();
+    assert.ok(lifetime <= 30 * 60_000 && lifetime > 29 * 60_000, 'the 1h default is cut to the session end');
+    skew = 31 * 60_000;
+    try {
+      const expired = await call(session, 'GET', 'whoami');
+      assert.equal(expired.status, 401);
+      assert.equal(expired.body.code, 'session_expired');
+    } finally {
+      skew = 0;
+    }
+  });
+
+  it('never writes a token, a session bearer or a grant credential into the audit trail', async () => {
+    const trail = JSON.stringify(await events());
+    assert.ok(secrets.length > 10);
+    for (const secret of secrets) {
+      // A JWT's payload part is its claims (which are recorded, some of them); its signature is not.
+      const signature = secret.split('.')[2];
+      assert.ok(!trail.includes(secret), 'no whole token or bearer');
+      if (signature) assert.ok(!trail.includes(signature), 'no JWT signature');
+    }
+  });
+});
+
+const now = () => Math.floor(Date.now() / 1000);
+const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+const decode = (part: string) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;
+
+/** The token's claims with `alg: none` and no signature. */
+function unsigned(token: string): string {
+  const [, payload] = token.split('.');
+  return `${encode({ alg: 'none', typ: 'JWT' })}.${payload}.`;
+}
+
+/** The token with some claims changed and its original signature. */
+function tampered(token: string, claims: Record<string, unknown>): string {
+  const [header, payload = '', signature] = token.split('.');
+  return `${header}.${encode({ ...decode(payload), ...claims })}.${signature}`;
+}
+
+/** The classic confusion attack: HS256 with the issuer's public key (PEM) as the HMAC secret. */
+async function hmacWithPublicKey(issuer: TestIssuer): Promise<string> {
+  const jwk = issuer.jwks().keys.find((key) => key.kid === issuer.kid);
+  const pem = createPublicKey({ key: jwk as never, format: 'jwk' }).export({ type: 'spki', format: 'pem' });
+  const [, payload] = (await issuer.sign()).split('.');
+  const signingInput = `${encode({ alg: 'HS256', typ: 'JWT', kid: issuer.kid })}.${payload}`;
+  return `${signingInput}.${createHmac('sha256', pem).update(signingInput).digest('base64url')}`;
+}
