@@ -1,15 +1,21 @@
+import { randomUUID } from 'node:crypto';
 import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ConflictError, UsageError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
 import { buildApi } from './api/server.ts';
+import { loadSigningKey, resolveSinks, trustedKeys } from './audit/config.ts';
+import { AuditLog } from './audit/log.ts';
+import { SinkExporter } from './audit/sinks.ts';
 import { type BrokerConfig, initialConfigYaml, loadBrokerConfig, parseBrokerConfig } from './config.ts';
 import { type Clock, GrantService } from './grants/service.ts';
 import { OidcExchange } from './oidc/exchange.ts';
 import { BROKER_HOST, PrincipalService } from './principals/service.ts';
 import { TableProvider } from './providers/postgres/provider.ts';
 import { openStore } from './store/index.ts';
+import type { BrokerStore } from './store/store.ts';
 
 export const CONFIG_FILE = 'broker.yaml';
 
@@ -19,6 +25,7 @@ export type RunningBroker = {
   app: FastifyInstance;
   grants: GrantService;
   principals: PrincipalService;
+  audit: AuditLog;
   close(): Promise<void>;
 };
 
@@ -104,6 +111,62 @@ export async function checkResourceRoots(config: BrokerConfig, configFile: strin
   }
 }
 
+/** How often the audit log seals what was appended (and live streams see it), and export sinks deliver. */
+const SEAL_INTERVAL_MS = 100;
+const EXPORT_INTERVAL_MS = 1000;
+
+/**
+ * The audit log of a starting broker: its signing key (created on first start), the keys it
+ * trusts for older checkpoints, the export sinks, and a `config.loaded` record saying which
+ * configuration this replica runs (its SHA-256, not its text).
+ */
+async function openAuditLog(config: BrokerConfig, store: BrokerStore, clock: Clock) {
+  const key = await loadSigningKey(config.audit);
+  const trusted = await trustedKeys(config.audit, key);
+  const sinks = resolveSinks(config.audit);
+  const log = new AuditLog({
+    store,
+    clock,
+    key,
+    checkpointEvery: config.audit.checkpointEvery,
+    checkpointIntervalMs: config.audit.checkpointIntervalSeconds * 1000,
+    alerts: { deniedBurst: config.audit.alerts.deniedBurst, deniedWindowMs: config.audit.alerts.deniedWindowSeconds * 1000 },
+  });
+  const exporter = new SinkExporter({ store, clock, sinks, owner: `${hostname()}:${process.pid}:${randomUUID()}`, keyId: key.keyId });
+  await log.append({
+    at: clock.now(),
+    type: 'config.loaded',
+    actor: 'system',
+    subject: null,
+    grantId: null,
+    detail: {
+      sha256: config.sha256,
+      resources: Object.keys(config.resources),
+      rules: config.rules.map((rule) => rule.name),
+      deny: config.deny.map((rule) => rule.name),
+      auditKey: key.keyId,
+      sinks: sinks.map((sink) => sink.name),
+      host: hostname(),
+      version: VERSION,
+    },
+  });
+  return {
+    log,
+    trusted,
+    start: () => {
+      log.start(SEAL_INTERVAL_MS);
+      exporter.start(EXPORT_INTERVAL_MS);
+    },
+    stop: async () => {
+      await exporter.stop();
+      await log.stop();
+      // What the last requests appended is sealed before the store closes.
+      await log.seal().catch(() => 0);
+      await exporter.exportNow().catch(() => undefined);
+    },
+  };
+}
+
 /** Loads DIR/broker.yaml (refusing a broken one before anything listens) and serves it. */
 export async function startBroker(options: { dir: string; host: string; port: number; clock?: Clock }): Promise<RunningBroker> {
   const configFile = path.join(options.dir, CONFIG_FILE);
@@ -116,10 +179,19 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url, tables });
   const principals = new PrincipalService({ store, clock });
   const oidc = new OidcExchange({ config, store, clock });
-  const app = buildApi({ config, grants, principals, oidc, version: VERSION });
+  const audit = await openAuditLog(config, store, clock);
+  const app = buildApi({
+    config,
+    grants,
+    principals,
+    oidc,
+    version: VERSION,
+    audit: { audit: audit.log, store, trustedKeys: audit.trusted },
+  });
   try {
     await app.listen({ host: options.host, port: options.port });
   } catch (error) {
+    await audit.stop();
     await store.close();
     await tables?.close();
     const code = (error as NodeJS.ErrnoException).code;
@@ -145,6 +217,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     grants.sweep().catch((error: Error) => process.stderr.write(`jit broker: expiry sweep failed: ${error.message}\n`));
   }, config.sweepIntervalSeconds * 1000);
   sweeper.unref();
+  audit.start();
   let closing: Promise<void> | undefined;
   return {
     url,
@@ -152,11 +225,13 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     app,
     grants,
     principals,
+    audit: audit.log,
     close: () => {
       closing ??= (async () => {
         clearInterval(sweeper);
         await app.close();
         await grants.sweeping();
+        await audit.stop();
         await store.close();
         await tables?.close();
       })();

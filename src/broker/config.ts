@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -6,6 +7,7 @@ import { z } from 'zod';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
 import { canonicalUrl } from '../core/url.ts';
+import { type AuditConfig, auditSchema, resolveAuditConfig } from './audit/config.ts';
 import { FILES_ACTIONS } from './providers/files.ts';
 import { resolveStoreConfig, type StoreConfig, storeSchema } from './store/config.ts';
 
@@ -124,6 +126,8 @@ export const OIDC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS
 export type BrokerConfig = {
   /** Absolute directory of the config file; relative paths in it resolve from here. */
   dir: string;
+  /** SHA-256 of the file's text: the `config.loaded` audit record names the configuration by it. */
+  sha256: string;
   publicUrl: string | undefined;
   /**
    * Load balancers whose X-Forwarded-For the broker believes, so the client address (failed-auth
@@ -136,6 +140,8 @@ export type BrokerConfig = {
   approvalTimeoutSeconds: number;
   /** Where grants and events live (docs/broker-config.md#store). */
   store: StoreConfig;
+  /** The audit trail's signing key, checkpoints, alerts and export sinks (docs/audit.md#configuration). */
+  audit: AuditConfig;
   resources: Record<string, Resource>;
   rules: PolicyRule[];
   deny: DenyRule[];
@@ -233,6 +239,7 @@ const schema = z
       })
       .default({ heartbeatTimeout: 30, sweepInterval: 1, approvalTimeout: 3600 }),
     store: storeSchema,
+    audit: auditSchema,
     oidc: z
       .strictObject({ issuers: z.array(oidcIssuerSchema).default([]) })
       .default({ issuers: [] })
@@ -494,12 +501,14 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
   }));
   return {
     dir,
+    sha256: createHash('sha256').update(text).digest('hex'),
     publicUrl: config.publicUrl,
     trustedProxies: config.trustedProxies,
     heartbeatTimeoutSeconds: config.grants.heartbeatTimeout,
     sweepIntervalSeconds: config.grants.sweepInterval,
     approvalTimeoutSeconds: config.grants.approvalTimeout,
     store: resolveStoreConfig(config.store, dir),
+    audit: resolveAuditConfig(config.audit, dir),
     resources: Object.fromEntries(
       Object.entries(config.resources).map(([name, resource]): [string, Resource] => [
         name,

@@ -12,6 +12,7 @@ import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { registerHttpProxy } from '../providers/http/proxy.ts';
 import { S3Error } from '../providers/s3/contracts.ts';
 import { isS3Path, registerS3Gateway, sendS3Error } from '../providers/s3/gateway.ts';
+import { registerAuditRoutes } from './audit-routes.ts';
 import { AuthFailureLimiter, RateLimitedError } from './auth-limiter.ts';
 import { openApiDocument } from './openapi.ts';
 import {
@@ -74,6 +75,8 @@ export function buildApi(options: {
   version: string;
   /** Failed-authentication budget per source address (default 20 a minute). */
   authFailures?: { limit?: number; windowMs?: number };
+  /** The audit trail's routes (/v1/audit...); without it they answer 404. */
+  audit?: Omit<Parameters<typeof registerAuditRoutes>[1], 'caller'>;
   /** Told of every route as it is registered (the OpenAPI test compares them with the document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }): FastifyInstance {
@@ -262,6 +265,7 @@ export function buildApi(options: {
   });
 
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
+  if (options.audit) registerAuditRoutes(app, { ...options.audit, caller });
   registerS3Gateway(app, { config, grants, limiter });
   registerHttpProxy(app, { config, grants, limiter });
 

@@ -58,7 +58,9 @@ export function recordHash(previous: string, fields: ChainFields): string {
     fields.outcome,
   ]);
   // `[...head fields, detail]` without re-serialising the detail text.
-  return createHash('sha256').update(`${previous}\n${head.slice(0, -1)},${fields.detail}]`).digest('hex');
+  return createHash('sha256')
+    .update(`${previous}\n${head.slice(0, -1)},${fields.detail}]`)
+    .digest('hex');
 }
 
 /** A signed statement that the chain's record at `position` has `hash`. */

@@ -1,0 +1,182 @@
+import type { Clock } from '../grants/service.ts';
+import type { AuditEvent, AuditQuery, AuditRow, BrokerStore, ChainHead, SealPlan, UnsealedRow } from '../store/store.ts';
+import { type AlertRules, Alerts } from './alerts.ts';
+import { canonicalDetail, GENESIS, recordHash, type SigningKey, signCheckpoint } from './chain.ts';
+
+/** One audit record as the API, `jit audit` and the export sinks show it (docs/audit.md#records). */
+export type AuditRecord = {
+  /** Position in the hash chain: 1, 2, 3, ... with no gaps, the same on every replica. */
+  seq: number;
+  at: string;
+  action: string;
+  actor: string | null;
+  subject: string | null;
+  grant: string | null;
+  scope: string | null;
+  outcome: string;
+  details: Record<string, unknown>;
+  hash: string;
+};
+
+export function toRecord(row: AuditRow): AuditRecord {
+  return {
+    seq: row.position,
+    at: new Date(row.at).toISOString(),
+    action: row.action,
+    actor: row.actor,
+    subject: row.subject,
+    grant: row.grantId,
+    scope: row.scope,
+    outcome: row.outcome,
+    details: JSON.parse(row.detail) as Record<string, unknown>,
+    hash: row.hash,
+  };
+}
+
+export type AuditLogOptions = {
+  store: BrokerStore;
+  clock: Clock;
+  key: SigningKey;
+  /** A checkpoint is signed once this many records were sealed since the last one... */
+  checkpointEvery: number;
+  /** ...or this long after the last one, whichever comes first (when anything new was sealed). */
+  checkpointIntervalMs: number;
+  alerts?: AlertRules;
+};
+
+const SEAL_BATCH = 2000;
+
+/**
+ * The broker's audit log: events are appended by the lifecycle (in the transaction of the change
+ * they describe) and sealed here into the hash chain, in batches, by one replica at a time. After
+ * each batch this replica's listeners (live streams) hear of it; other replicas' streams poll.
+ */
+export class AuditLog {
+  readonly #store: BrokerStore;
+  readonly #clock: Clock;
+  readonly #key: SigningKey;
+  readonly #every: number;
+  readonly #intervalMs: number;
+  readonly #alerts: Alerts;
+  readonly #listeners = new Set<() => void>();
+  #sealing: Promise<number> | undefined;
+  #again = false;
+  #soon: NodeJS.Timeout | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: AuditLogOptions) {
+    this.#store = options.store;
+    this.#clock = options.clock;
+    this.#key = options.key;
+    this.#every = options.checkpointEvery;
+    this.#intervalMs = options.checkpointIntervalMs;
+    this.#alerts = new Alerts(options.alerts);
+  }
+
+  get key(): SigningKey {
+    return this.#key;
+  }
+
+  /** Seals every `intervalMs` (and soon after each poke) until stop(). */
+  start(intervalMs: number): void {
+    this.#timer = setInterval(() => this.#sealInBackground(), intervalMs);
+    this.#timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    clearTimeout(this.#soon);
+    await this.#sealing?.catch(() => undefined);
+  }
+
+  /** Something was appended: seal it shortly (batched with whatever else arrives meanwhile). */
+  poke(): void {
+    if (this.#soon || !this.#timer) return;
+    this.#soon = setTimeout(() => {
+      this.#soon = undefined;
+      this.#sealInBackground();
+    }, 20);
+    this.#soon.unref();
+  }
+
+  #sealInBackground(): void {
+    this.seal().catch((error: Error) => process.stderr.write(`jit broker: sealing the audit log failed: ${error.message}\n`));
+  }
+
+  /** Calls `listener` after each batch this replica seals; returns the unsubscribe. */
+  onSealed(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Seals everything unsealed now, batch after batch; one run at a time per replica (a call
+   * during a run makes it go round once more). Resolves with how many records this call sealed.
+   */
+  seal(): Promise<number> {
+    if (this.#sealing) {
+      this.#again = true;
+      return this.#sealing;
+    }
+    this.#sealing = this.#sealAll().finally(() => {
+      this.#sealing = undefined;
+    });
+    return this.#sealing;
+  }
+
+  async #sealAll(): Promise<number> {
+    let total = 0;
+    do {
+      this.#again = false;
+      for (;;) {
+        const sealed: AuditRow[] = [];
+        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed));
+        // undefined: another replica is sealing; it will notice these rows.
+        if (!count) break;
+        total += count;
+        for (const listener of this.#listeners) listener();
+        const alerts = this.#alerts.inspect(sealed, this.#clock.now());
+        if (alerts.length > 0) {
+          await this.#store.appendEvents(alerts);
+          this.#again = true;
+        }
+        if (count < SEAL_BATCH) break;
+      }
+    } while (this.#again);
+    return total;
+  }
+
+  #plan(head: ChainHead, rows: UnsealedRow[], out: AuditRow[]): SealPlan {
+    let previous = head.position === 0 ? GENESIS : head.hash;
+    let position = head.position;
+    const sealed = rows.map((row) => {
+      position += 1;
+      const detail = canonicalDetail(row.detail);
+      const hash = recordHash(previous, { ...row, position, detail });
+      previous = hash;
+      out.push({ ...row, position, detail, hash });
+      return { seq: row.seq, position, hash, detail };
+    });
+    const now = this.#clock.now();
+    const last = head.checkpoint;
+    const due = !last || position - last.position >= this.#every || now - last.at >= this.#intervalMs;
+    return { sealed, checkpoint: due ? signCheckpoint(this.#key, position, previous, now) : undefined };
+  }
+
+  /** Sealed records matching `query`; what was appended before the call is sealed first. */
+  async query(query: AuditQuery): Promise<AuditRecord[]> {
+    await this.seal();
+    return (await this.#store.queryAudit(query)).map(toRecord);
+  }
+
+  /** Sealed records after `query.afterPosition`, without sealing first (the live stream's poll). */
+  async tail(query: AuditQuery): Promise<AuditRecord[]> {
+    return (await this.#store.queryAudit(query)).map(toRecord);
+  }
+
+  /** Appends an event outside any grant change (config load). */
+  async append(event: AuditEvent): Promise<void> {
+    await this.#store.appendEvent(event);
+    this.poke();
+  }
+}
