@@ -188,7 +188,7 @@ export function buildApi(options: {
   app.post('/v1/grants', { schema: { body: grantRequestSchema } }, async (request, reply) => {
     const who = await caller(request);
     requireRole(who, 'requester', 'requesting a grant');
-    const issued = await grants.request(who, request.body as GrantRequest);
+    const issued = await grants.request(who, request.body as GrantRequest, { source: request.ip });
     // 202: accepted but pending approval; the credential works once it is approved.
     return reply.status(issued.state === 'pending' ? 202 : 201).send(issued);
   });
@@ -281,14 +281,19 @@ export function buildApi(options: {
       Object.assign(access, { resource: resourceName, path: segments.join('/') });
       const granted = scopes.filter((scope) => scope.resource === resourceName && scope.action === 'read');
       const target = await resolveGrantedPath(resource.root, segments, granted);
-      await grants.recordDataAccess(grant, { ...access, outcome: 'allowed', kind: target.kind });
+      await grants.recordDataAccess(grant, { ...access, outcome: 'allowed', kind: target.kind }, 'data.read', request.ip);
       if (target.kind === 'directory') return reply.send({ path: [resourceName, ...segments].join('/'), entries: target.entries });
       return reply
         .header('content-type', 'application/octet-stream')
         .header('content-length', target.size)
         .send(grants.openForGrant(grant.id, target.absolute, target.size));
     } catch (error) {
-      await grants.recordDataAccess(grant, { ...access, outcome: error instanceof JitError ? error.code : 'error' });
+      await grants.recordDataAccess(
+        grant,
+        { ...access, outcome: error instanceof JitError ? error.code : 'error' },
+        'data.read',
+        request.ip,
+      );
       throw error;
     }
   }

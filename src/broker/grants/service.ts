@@ -78,7 +78,7 @@ export class GrantService {
    * approval. Either way the requester gets the credential now, once; a pending grant's
    * credential is refused by the data plane until approval makes the grant active.
    */
-  async request(requester: Requester, request: GrantRequest): Promise<IssuedGrant> {
+  async request(requester: Requester, request: GrantRequest, context: { source?: string } = {}): Promise<IssuedGrant> {
     const principal = this.#principal(requester);
     const { subject } = principal;
     const { scopes, decision } = await this.#decide(principal, request);
@@ -119,7 +119,13 @@ export class GrantService {
         subject,
         grantId: record.id,
         scope: record.scopes.join(' '),
-        detail: { scopes: record.scopes, ttlSeconds: decision.ttlSeconds, reason: record.reason, decision },
+        detail: {
+          scopes: record.scopes,
+          ttlSeconds: decision.ttlSeconds,
+          reason: record.reason,
+          decision,
+          ...(context.source ? { source: context.source } : {}),
+        },
       });
     } catch (error) {
       await this.#tables?.deprovision(record.id, tableResources).catch(() => undefined);
@@ -660,8 +666,8 @@ export class GrantService {
   }
 
   /** One data touch (or refusal) on the audit trail: `data.read`, `data.write`, `data.delete`, `data.refused`. */
-  async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>, type = 'data.read'): Promise<void> {
-    await this.#audit(type, grant, detail);
+  async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>, type = 'data.read', source?: string): Promise<void> {
+    await this.#audit(type, grant, source ? { ...detail, source } : detail);
   }
 
   /**

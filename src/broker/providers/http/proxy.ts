@@ -100,7 +100,12 @@ export function registerHttpProxy(
           hint: 'run the job under `jit run`',
         });
       }
-      await grants.recordDataAccess(check.grant, { resource: name, method: request.method, path, reason: check.reason }, 'data.refused');
+      await grants.recordDataAccess(
+        check.grant,
+        { resource: name, method: request.method, path, reason: check.reason },
+        'data.refused',
+        request.ip,
+      );
       if (check.grant.state === 'suspended') {
         return refuse(reply, {
           status: 403,
@@ -118,7 +123,7 @@ export function registerHttpProxy(
     const { grant, scopes } = check;
     const access = { resource: name, method: request.method, path };
     if (!allows(scopes, name, request.method, path)) {
-      await grants.recordDataAccess(grant, { ...access, outcome: 'outside_scope', status: 403 }, 'data.refused');
+      await grants.recordDataAccess(grant, { ...access, outcome: 'outside_scope', status: 403 }, 'data.refused', request.ip);
       const granted = scopes.filter((scope) => scope.resource === name).map((scope) => scope.action);
       return refuse(reply, {
         status: 403,
@@ -164,7 +169,7 @@ export function registerHttpProxy(
           bytesOut: sent,
           latencyMs: Math.round(performance.now() - started),
         };
-        grants.recordDataAccess(grant, detail, 'data.call').catch(() => undefined);
+        grants.recordDataAccess(grant, detail, 'data.call', request.ip).catch(() => undefined);
         // Response bytes count against the byte budget once the response is done.
         if (sent > 0) grants.consume(grant, 0, sent).catch(() => undefined);
       };

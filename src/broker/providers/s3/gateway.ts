@@ -23,7 +23,8 @@ type Action = 'read' | 'write' | 'delete';
 /** One S3 call after routing: which bucket and key, what it does, and the action a scope must allow. */
 type Operation = { name: string; action: Action; bucket: string; key: string };
 
-type Caller = { grant: GrantRecord; scopes: Scope[] };
+/** Who a verified request is: its grant, the scopes to check against, and the address it came from (audit). */
+type Caller = { grant: GrantRecord; scopes: Scope[]; source: string };
 
 /**
  * The S3-compatible gateway (docs/s3.md): a files resource is a bucket, a scope's path a key
@@ -117,7 +118,7 @@ export function registerS3Gateway(
       if (error instanceof S3Error && FAILED_AUTH.has(error.code)) options.limiter.recordFailure(request.ip);
       throw error;
     }
-    const caller = await callerFor(check);
+    const caller = await callerFor(check, request.ip);
     const operation = route(request.method, rawPath, query, headers);
     if (operation.name === 'ListBuckets') return listBuckets(reply, caller);
     try {
@@ -126,7 +127,7 @@ export function registerS3Gateway(
       if (operation.key !== '') keySegments(operation.key);
       authorize(caller, operation, query);
     } catch (error) {
-      await grants.recordDataAccess(caller.grant, { ...describe(operation), outcome: 'denied', status: 403 }, 'data.refused');
+      await grants.recordDataAccess(caller.grant, { ...describe(operation), outcome: 'denied', status: 403 }, 'data.refused', request.ip);
       throw error;
     }
     const store = backend(operation.bucket);
@@ -135,9 +136,11 @@ export function registerS3Gateway(
   }
 
   /** The grant behind a verified request, if it is usable right now; a refusal is audited. */
-  async function callerFor(check: CredentialCheck | undefined): Promise<Caller> {
-    if (check?.usable) return { grant: check.grant, scopes: check.scopes };
-    if (check?.grant) await grants.recordDataAccess(check.grant, { reason: check.reason, state: check.grant.state }, 'data.refused');
+  async function callerFor(check: CredentialCheck | undefined, source: string): Promise<Caller> {
+    if (check?.usable) return { grant: check.grant, scopes: check.scopes, source };
+    if (check?.grant) {
+      await grants.recordDataAccess(check.grant, { reason: check.reason, state: check.grant.state }, 'data.refused', source);
+    }
     if (check?.grant?.state === 'pending') throw new S3Error('AccessDenied', 403, `Grant ${check.grant.id} is waiting for approval.`);
     throw new S3Error('ExpiredToken', 400, 'The provided token has expired.');
   }
@@ -154,7 +157,7 @@ export function registerS3Gateway(
   ): Promise<unknown> {
     const { bucket, key } = operation;
     const record = (detail: Record<string, unknown>) =>
-      grants.recordDataAccess(caller.grant, { ...describe(operation), ...detail }, `data.${operation.action}`);
+      grants.recordDataAccess(caller.grant, { ...describe(operation), ...detail }, `data.${operation.action}`, request.ip);
     try {
       switch (operation.name) {
         case 'HeadBucket':
@@ -231,7 +234,12 @@ export function registerS3Gateway(
     } catch (error) {
       if (error instanceof S3Error && error.status < 500 && !reply.sent) {
         const detail = { ...describe(operation), outcome: error.code, status: error.status };
-        await grants.recordDataAccess(caller.grant, detail, error.code === 'AccessDenied' ? 'data.refused' : `data.${operation.action}`);
+        await grants.recordDataAccess(
+          caller.grant,
+          detail,
+          error.code === 'AccessDenied' ? 'data.refused' : `data.${operation.action}`,
+          request.ip,
+        );
       }
       body?.resume();
       throw error;
@@ -294,7 +302,7 @@ export function registerS3Gateway(
 
   async function listBuckets(reply: FastifyReply, caller: Caller): Promise<unknown> {
     const buckets = [...new Set(caller.scopes.map((scope) => scope.resource))].filter((name) => config.resources[name]);
-    await grants.recordDataAccess(caller.grant, { operation: 'ListBuckets', outcome: 'allowed', status: 200 }, 'data.read');
+    await grants.recordDataAccess(caller.grant, { operation: 'ListBuckets', outcome: 'allowed', status: 200 }, 'data.read', caller.source);
     return sendXml(reply, 200, xml.listBucketsXml(buckets, new Date(caller.grant.createdAt)));
   }
 }
