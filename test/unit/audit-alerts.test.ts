@@ -1,0 +1,164 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Alerts } from '../../src/broker/audit/alerts.ts';
+import { outcomeOf } from '../../src/broker/audit/chain.ts';
+import type { AuditEvent, AuditRow } from '../../src/broker/store/store.ts';
+
+const T0 = 1_800_000_000_000;
+const NOW = T0 + 3_600_000;
+let position = 0;
+
+/** A sealed record as the sealer hands it to the alerts (hash irrelevant here). */
+function row(action: string, fields: Partial<Omit<AuditRow, 'detail'>> & { detail?: Record<string, unknown> } = {}): AuditRow {
+  position += 1;
+  const { detail = {}, ...rest } = fields;
+  return {
+    position,
+    at: T0,
+    action,
+    actor: 'user:ana',
+    subject: 'user:ana',
+    grantId: 'g_1',
+    scope: 'datasets/train',
+    outcome: outcomeOf(action),
+    hash: 'h'.repeat(64),
+    ...rest,
+    detail: JSON.stringify(detail),
+  };
+}
+
+const refused = (subject: string, at: number) => row('grant.refused', { subject, actor: subject, grantId: null, at });
+const types = (alerts: AuditEvent[]) => alerts.map((alert) => alert.type);
+
+describe('alert.denied_burst', () => {
+  it('fires once, at the configured count of denials within the window', () => {
+    const alerts = new Alerts({ deniedBurst: 3, deniedWindowMs: 60_000 });
+    assert.deepEqual(alerts.inspect([refused('user:bo', T0), refused('user:bo', T0 + 10_000)], NOW), [], 'two are not a burst');
+    const third = refused('user:bo', T0 + 20_000);
+    const [alert, ...more] = alerts.inspect([third], NOW);
+    assert.equal(more.length, 0);
+    assert.equal(alert?.type, 'alert.denied_burst');
+    assert.equal(alert?.subject, 'user:bo');
+    assert.equal(alert?.actor, 'system');
+    assert.equal(alert?.at, NOW);
+    assert.deepEqual(alert?.detail, { denials: 3, windowSeconds: 60, record: third.position });
+    assert.deepEqual(alerts.inspect([refused('user:bo', T0 + 21_000)], NOW), [], 'the fourth denial of the same burst raises nothing more');
+  });
+
+  it('fires again for the next full burst, and counts each subject apart', () => {
+    const alerts = new Alerts({ deniedBurst: 3, deniedWindowMs: 60_000 });
+    const rows = [];
+    for (let index = 0; index < 6; index += 1) rows.push(refused('user:bo', T0 + index * 1000), refused('user:cy', T0 + index * 1000));
+    const raised = alerts.inspect(rows, NOW);
+    assert.deepEqual(
+      raised.map((alert) => alert.subject),
+      ['user:bo', 'user:cy', 'user:bo', 'user:cy'],
+    );
+    assert.ok(raised.every((alert) => alert.detail.denials === 3));
+  });
+
+  it('does not fire for denials spread out over more than the window', () => {
+    const alerts = new Alerts({ deniedBurst: 3, deniedWindowMs: 60_000 });
+    // Any three consecutive denials span a full window or more.
+    const rows = Array.from({ length: 10 }, (_, index) => refused('user:bo', T0 + index * 30_000));
+    assert.deepEqual(alerts.inspect(rows, NOW), []);
+  });
+
+  it('counts every denied outcome (data.refused, denied approvals) and nothing else', () => {
+    const alerts = new Alerts({ deniedBurst: 2, deniedWindowMs: 60_000 });
+    const okRows = [row('grant.issued'), row('data.read'), row('grant.requested')];
+    assert.deepEqual(alerts.inspect(okRows, NOW), []);
+    const denied = [row('data.refused', { detail: { reason: 'unknown_credential' } }), row('grant.denied')];
+    assert.deepEqual(types(alerts.inspect(denied, NOW)), ['alert.denied_burst']);
+  });
+
+  it('ignores denials without a subject, and alert records themselves', () => {
+    const alerts = new Alerts({ deniedBurst: 1, deniedWindowMs: 60_000 });
+    assert.deepEqual(alerts.inspect([row('data.refused', { subject: null, grantId: null })], NOW), []);
+    assert.deepEqual(alerts.inspect([row('alert.denied_burst', { outcome: 'denied' })], NOW), []);
+  });
+});
+
+describe('alert.ended_credential_used', () => {
+  it('fires when an ended grant’s credential is presented', () => {
+    const alerts = new Alerts();
+    const use = row('data.refused', { grantId: 'g_7', detail: { reason: 'grant_ended', state: 'revoked', source: '10.0.0.9' } });
+    const [alert] = alerts.inspect([use], NOW);
+    assert.equal(alert?.type, 'alert.ended_credential_used');
+    assert.equal(alert?.grantId, 'g_7');
+    assert.equal(alert?.subject, 'user:ana');
+    assert.deepEqual(alert?.detail, { state: 'revoked', source: '10.0.0.9', record: use.position });
+  });
+
+  it('does not fire for other refusals', () => {
+    const alerts = new Alerts();
+    const rows = [
+      row('data.refused', { grantId: null, detail: { reason: 'unknown_credential' } }),
+      row('data.refused', { detail: { reason: 'grant_pending' } }),
+    ];
+    assert.deepEqual(alerts.inspect(rows, NOW), []);
+  });
+});
+
+describe('alert.budget_exhausted', () => {
+  it('fires when a grant is suspended', () => {
+    const alerts = new Alerts();
+    const suspended = row('grant.suspended', { grantId: 'g_8', detail: { reason: 'request budget of 100 used up' } });
+    const [alert, ...more] = alerts.inspect([suspended], NOW);
+    assert.equal(more.length, 0);
+    assert.equal(alert?.type, 'alert.budget_exhausted');
+    assert.equal(alert?.grantId, 'g_8');
+    assert.deepEqual(alert?.detail, { reason: 'request budget of 100 used up', record: suspended.position });
+  });
+});
+
+describe('alert.host_mismatch', () => {
+  it('fires once per grant when its credential is used from another address than the one that requested it', () => {
+    const alerts = new Alerts();
+    const issued = row('grant.issued', { grantId: 'g_9', detail: { source: '10.0.0.1' } });
+    const elsewhere = row('data.read', { grantId: 'g_9', detail: { source: '10.0.0.2', path: 'a' } });
+    const again = row('data.read', { grantId: 'g_9', detail: { source: '10.0.0.3', path: 'b' } });
+    const raised = alerts.inspect([issued, elsewhere, again], NOW);
+    assert.deepEqual(types(raised), ['alert.host_mismatch']);
+    assert.equal(raised[0]?.grantId, 'g_9');
+    assert.deepEqual(raised[0]?.detail, { requestedFrom: '10.0.0.1', usedFrom: '10.0.0.2', record: elsewhere.position });
+    assert.deepEqual(alerts.inspect([row('data.write', { grantId: 'g_9', detail: { source: '10.0.0.4' } })], NOW), [], 'a later batch too');
+  });
+
+  it('does not fire when the addresses are equal, or for records that are not data touches', () => {
+    const alerts = new Alerts();
+    const rows = [
+      row('grant.issued', { grantId: 'g_10', detail: { source: '10.0.0.1' } }),
+      row('data.read', { grantId: 'g_10', detail: { source: '10.0.0.1' } }),
+      row('data.write', { grantId: 'g_10', detail: { source: '10.0.0.1' } }),
+      row('grant.heartbeat', { grantId: 'g_10', detail: { source: '10.0.0.2' } }),
+      row('grant.revoked', { grantId: 'g_10', detail: { source: '10.0.0.2' } }),
+    ];
+    assert.deepEqual(alerts.inspect(rows, NOW), []);
+  });
+
+  it('compares with a grant requested before approval too, and keeps grants apart', () => {
+    const alerts = new Alerts();
+    const rows = [
+      row('grant.requested', { grantId: 'g_11', detail: { source: '10.0.0.1' } }),
+      row('grant.issued', { grantId: 'g_12', detail: { source: '10.0.0.2' } }),
+      row('data.read', { grantId: 'g_12', detail: { source: '10.0.0.2' } }),
+      row('data.read', { grantId: 'g_11', detail: { source: '10.0.0.2' } }),
+    ];
+    const raised = alerts.inspect(rows, NOW);
+    assert.deepEqual(
+      raised.map((alert) => alert.grantId),
+      ['g_11'],
+    );
+  });
+
+  it('says nothing about a grant whose request it did not see, or a touch without an address', () => {
+    const alerts = new Alerts();
+    const rows = [
+      row('data.read', { grantId: 'g_13', detail: { source: '10.0.0.2' } }),
+      row('grant.issued', { grantId: 'g_14', detail: { source: '10.0.0.1' } }),
+      row('data.read', { grantId: 'g_14', detail: {} }),
+    ];
+    assert.deepEqual(alerts.inspect(rows, NOW), []);
+  });
+});
