@@ -1,14 +1,34 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, describe, it } from 'node:test';
-import { outcomeOf } from '../../src/broker/audit/chain.ts';
+import {
+  canonicalDetail,
+  GENESIS,
+  outcomeOf,
+  recordHash,
+  type SigningKey,
+  signCheckpoint,
+  signingKeyFromPem,
+} from '../../src/broker/audit/chain.ts';
+import { ChainVerifier } from '../../src/broker/audit/verify.ts';
 import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
-import { type AuditEvent, type BrokerStore, type GrantRecord, NO_HEARTBEAT, type PrincipalRecord } from '../../src/broker/store/store.ts';
+import {
+  type AuditEvent,
+  type AuditRow,
+  type BrokerStore,
+  type ChainHead,
+  type GrantRecord,
+  NO_HEARTBEAT,
+  type PrincipalRecord,
+  type SealPlan,
+  type UnsealedRow,
+} from '../../src/broker/store/store.ts';
 import type { GrantState } from '../../src/core/grant.ts';
 import { createTestDatabase, postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
 
@@ -133,6 +153,42 @@ async function drain(store: BrokerStore, now: number, limit: number): Promise<st
     ended.push(...batch.map((record) => record.id));
     if (batch.length === 0) return ended;
   }
+}
+
+const AUDIT_KEY: SigningKey = signingKeyFromPem(String(generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' })));
+
+/** Plans a seal step as AuditLog does: positions after the head, chained hashes, a checkpoint every `every` records. */
+function chainPlan(every: number): (head: ChainHead, rows: UnsealedRow[]) => SealPlan {
+  return (head, rows) => {
+    let previous = head.position === 0 ? GENESIS : head.hash;
+    let position = head.position;
+    const sealed = rows.map((row) => {
+      position += 1;
+      const detail = canonicalDetail(row.detail);
+      previous = recordHash(previous, { ...row, position, detail });
+      return { seq: row.seq, position, hash: previous, detail };
+    });
+    const due = !head.checkpoint || position - head.checkpoint.position >= every;
+    return { sealed, checkpoint: due ? signCheckpoint(AUDIT_KEY, position, previous, T0) : undefined };
+  };
+}
+
+/** Every sealed record, page by page. */
+async function sealedRecords(store: BrokerStore): Promise<AuditRow[]> {
+  const all: AuditRow[] = [];
+  for (;;) {
+    const page = await store.queryAudit({ afterPosition: all.at(-1)?.position ?? 0, limit: 100 });
+    all.push(...page);
+    if (page.length < 100) return all;
+  }
+}
+
+/** The store's whole chain through the verifier `jit audit verify` uses. */
+async function verifyChain(store: BrokerStore): Promise<{ ok: boolean; records: number; problem: string | undefined }> {
+  const verifier = new ChainVerifier(await store.listCheckpoints(), new Map([[AUDIT_KEY.keyId, AUDIT_KEY.publicKey]]));
+  for (const row of await sealedRecords(store)) if (!verifier.add(row, row.hash)) break;
+  const report = verifier.finish(0, 0);
+  return { ok: report.ok, records: report.records, problem: report.problem?.message };
 }
 
 for (const engine of [sqlite, postgres]) {
@@ -470,6 +526,181 @@ for (const engine of [sqlite, postgres]) {
         await db.appliedVersions(),
         Array.from({ length: SCHEMA_VERSION }, (_, index) => index + 1),
       );
+    });
+
+    /** An audit event at T0 + `at`, about grant `grantId` of `subject` (defaults: user:ada's g1). */
+    const auditEvent = (type: string, at: number, overrides: Partial<AuditEvent> = {}): AuditEvent => ({
+      at: T0 + at,
+      type,
+      subject: 'user:ada',
+      grantId: 'g1',
+      detail: { n: at },
+      ...overrides,
+    });
+
+    it('seals events into the chain in insertion order: positions 1..n, each hash chained to the one before', async () => {
+      const { store } = await fresh();
+      // Insertion order, not time order, decides the position.
+      const events = [30, 10, 20, 50, 40].map((at, index) => auditEvent(`test.e${index}`, at));
+      await store.appendEvents(events.slice(0, 3));
+      await store.appendEvent(events[3] as AuditEvent);
+      await store.appendEvents(events.slice(4));
+      assert.deepEqual(await store.unsealed(), { count: 5, oldestAt: T0 + 10 });
+      assert.deepEqual(await store.queryAudit({ limit: 10 }), [], 'nothing shows before it is sealed');
+      assert.equal(await store.sealEvents(3, chainPlan(1000)), 3);
+      assert.equal(await store.sealEvents(3, chainPlan(1000)), 2);
+      assert.equal(await store.sealEvents(3, chainPlan(1000)), 0);
+      assert.deepEqual(await store.unsealed(), { count: 0, oldestAt: null });
+      const records = await store.queryAudit({ limit: 10 });
+      assert.deepEqual(
+        records.map((record) => [record.position, record.action, record.at]),
+        events.map((event, index) => [index + 1, event.type, event.at]),
+      );
+      let previous = GENESIS;
+      for (const record of records) {
+        assert.equal(record.hash, recordHash(previous, record));
+        previous = record.hash;
+      }
+      const head = await store.chainHead();
+      assert.equal(head.position, 5);
+      assert.equal(head.hash, previous);
+      // One checkpoint per seal step here (the first has none before it; the second is 2 < 1000 after it).
+      assert.deepEqual(
+        (await store.listCheckpoints()).map((checkpoint) => checkpoint.position),
+        [3],
+      );
+      assert.deepEqual(head.checkpoint?.position, 3);
+      assert.equal((await verifyChain(store)).ok, true);
+    });
+
+    it('stores the canonical detail the chain hashed, and the actor, scope and outcome appended with it', async () => {
+      const { store } = await fresh();
+      await store.appendEvents([
+        auditEvent('grant.revoked', 1, { detail: { by: 'user:root', reason: 'done' }, scope: 'datasets/train datasets/eval' }),
+        auditEvent('data.refused', 2, { subject: null, grantId: null, detail: { reason: 'unknown_credential' } }),
+      ]);
+      await store.sealEvents(10, chainPlan(1000));
+      const [revoked, refused] = await store.queryAudit({ limit: 10 });
+      assert.equal(revoked?.actor, 'user:root');
+      assert.equal(revoked?.scope, 'datasets/train datasets/eval');
+      assert.equal(revoked?.outcome, 'ok');
+      assert.equal(revoked?.detail, '{"by":"user:root","reason":"done"}');
+      assert.equal(refused?.actor, null);
+      assert.equal(refused?.outcome, 'denied');
+    });
+
+    it('seals every event exactly once when two stores seal the same database at once', async () => {
+      const { db, store } = await fresh();
+      const other = await db.open();
+      cleanups.push(() => other.close());
+      const count = 600;
+      for (let from = 0; from < count; from += 100) {
+        await store.appendEvents(Array.from({ length: 100 }, (_, index) => auditEvent('test.e', from + index)));
+      }
+      let rounds = 0;
+      while ((await store.unsealed()).count > 0) {
+        rounds += 1;
+        assert.ok(rounds < 100, 'sealing makes progress');
+        // Appends racing the sealers too: they must land in the chain, not beside it.
+        await Promise.all([
+          store.sealEvents(37, chainPlan(50)),
+          other.sealEvents(37, chainPlan(50)),
+          store.appendEvent(auditEvent('test.late', count + rounds)),
+          other.sealEvents(37, chainPlan(50)),
+          store.sealEvents(37, chainPlan(50)),
+        ]);
+        if (rounds === 5) await other.appendEvents([auditEvent('test.late', count + 100)]);
+      }
+      const records = await sealedRecords(store);
+      const late = records.filter((record) => record.action === 'test.late').length;
+      assert.ok(late >= 6, 'the racing appends were sealed');
+      assert.deepEqual(
+        records.map((record) => record.position),
+        Array.from({ length: count + late }, (_, index) => index + 1),
+        'positions run 1..n with no duplicate and no gap',
+      );
+      const verified = await verifyChain(other);
+      assert.equal(verified.ok, true, verified.problem);
+      assert.equal(verified.records, count + late);
+      const checkpoints = await other.listCheckpoints();
+      assert.equal(new Set(checkpoints.map((checkpoint) => checkpoint.position)).size, checkpoints.length);
+    });
+
+    it('queries sealed records by grant, subject, actor, action (exact or family), outcome, scope and time, ANDed', async () => {
+      const { store } = await fresh();
+      await store.appendEvents([
+        auditEvent('grant.issued', 0, { scope: 'datasets/train datasets/eval' }),
+        auditEvent('data.read', 1000, { scope: 'datasets/train' }),
+        auditEvent('data.refused', 2000, { grantId: 'g2', subject: 'user:bo', scope: 'datasets/eval' }),
+        auditEvent('grant.revoked', 3000, { detail: { by: 'user:root' }, scope: 'datasets/train datasets/eval' }),
+        auditEvent('dataset.created', 4000, { grantId: null, subject: null, actor: 'system' }),
+        auditEvent('x_y.happened', 5000, { grantId: null }),
+        auditEvent('xzy.happened', 6000, { grantId: null, scope: 'warehouse/public.customers' }),
+        auditEvent('grant.denied', 7000, { grantId: 'g2', subject: 'user:bo', detail: { by: 'user:root' } }),
+      ]);
+      await store.sealEvents(100, chainPlan(1000));
+      const positions = async (query: Parameters<BrokerStore['queryAudit']>[0]) =>
+        (await store.queryAudit(query)).map((record) => record.position);
+      const limit = 100;
+      assert.deepEqual(await positions({ limit, grantId: 'g1' }), [1, 2, 4]);
+      assert.deepEqual(await positions({ limit, subject: 'user:bo' }), [3, 8]);
+      assert.deepEqual(await positions({ limit, actor: 'user:root' }), [4, 8]);
+      assert.deepEqual(await positions({ limit, actor: 'system' }), [5]);
+      assert.deepEqual(await positions({ limit, action: 'data.read' }), [2]);
+      assert.deepEqual(await positions({ limit, action: 'data.*' }), [2, 3], 'a family, and not dataset.*');
+      assert.deepEqual(await positions({ limit, action: 'x_y.*' }), [6], '_ is a character, not a wildcard');
+      assert.deepEqual(await positions({ limit, action: 'grant' }), []);
+      assert.deepEqual(await positions({ limit, outcome: 'denied' }), [3, 8]);
+      assert.deepEqual(await positions({ limit, scope: 'datasets/eval' }), [1, 3, 4], 'any of a record’s scopes');
+      assert.deepEqual(await positions({ limit, scope: 'datasets' }), [1, 2, 3, 4], 'a prefix of a scope');
+      assert.deepEqual(await positions({ limit, scope: 'train' }), [], 'not the middle of one');
+      assert.deepEqual(await positions({ limit, scope: 'warehouse/public_customers' }), [], '_ is a character here too');
+      assert.deepEqual(await positions({ limit, since: T0 + 2000, until: T0 + 5000 }), [3, 4, 5], 'since inclusive, until exclusive');
+      assert.deepEqual(await positions({ limit, subject: 'user:ada', action: 'grant.*', scope: 'datasets/eval' }), [1, 4]);
+      assert.deepEqual(await positions({ limit, grantId: 'g2', outcome: 'ok' }), []);
+      // Paging: `afterPosition` is the cursor, `limit` the page size, and the filters hold across pages.
+      assert.deepEqual(await positions({ limit: 3 }), [1, 2, 3]);
+      assert.deepEqual(await positions({ limit: 3, afterPosition: 3 }), [4, 5, 6]);
+      assert.deepEqual(await positions({ limit: 3, afterPosition: 6 }), [7, 8]);
+      assert.deepEqual(await positions({ limit: 3, afterPosition: 8 }), []);
+      assert.deepEqual(await positions({ limit: 1, afterPosition: 1, grantId: 'g1' }), [2]);
+      assert.deepEqual(await positions({ limit: 1, afterPosition: 2, grantId: 'g1' }), [4]);
+    });
+
+    it('leases an export sink to one owner at a time, until the lease runs out', async () => {
+      const { db, store } = await fresh();
+      const other = await db.open();
+      cleanups.push(() => other.close());
+      const first = await store.leaseSink('siem', 'replica-a', T0, T0 + 30_000, 0);
+      assert.deepEqual(first, { name: 'siem', position: 0, attempts: 0, lastError: null });
+      assert.equal(await other.leaseSink('siem', 'replica-b', T0 + 1000, T0 + 31_000, 0), undefined, 'refused while the lease runs');
+      assert.ok(await store.leaseSink('siem', 'replica-a', T0 + 20_000, T0 + 50_000, 0), 'the owner renews it');
+      assert.equal(await other.leaseSink('siem', 'replica-b', T0 + 49_999, T0 + 80_000, 0), undefined, 'the renewal counts');
+      assert.ok(await other.leaseSink('siem', 'replica-b', T0 + 50_000, T0 + 80_000, 0), 'taken over once it ran out');
+      assert.equal(await store.leaseSink('siem', 'replica-a', T0 + 51_000, T0 + 81_000, 0), undefined, 'the old owner is refused now');
+      assert.ok(await store.leaseSink('archive', 'replica-a', T0 + 51_000, T0 + 81_000, 0), 'each sink has its own lease');
+      assert.equal((await store.leaseSink('new', 'replica-a', T0, T0 + 1, 42))?.position, 42, 'a new sink starts where it is told');
+    });
+
+    it('saves a sink’s progress and failures for its owner only', async () => {
+      const { store } = await fresh();
+      await store.leaseSink('siem', 'replica-a', T0, T0 + 30_000, 0);
+      await store.saveSink('siem', 'replica-a', { position: 10, attempts: 0, lastError: null });
+      assert.deepEqual(await store.leaseSink('siem', 'replica-a', T0 + 1, T0 + 30_000, 0), {
+        name: 'siem',
+        position: 10,
+        attempts: 0,
+        lastError: null,
+      });
+      await store.saveSink('siem', 'replica-a', { position: 10, attempts: 2, lastError: 'HTTP 503' });
+      await store.saveSink('siem', 'replica-b', { position: 99, attempts: 0, lastError: null });
+      assert.deepEqual(
+        await store.leaseSink('siem', 'replica-a', T0 + 2, T0 + 30_000, 0),
+        { name: 'siem', position: 10, attempts: 2, lastError: 'HTTP 503' },
+        'a replica that does not hold the lease cannot move the cursor',
+      );
+      const later = await store.leaseSink('siem', 'replica-b', T0 + 30_000, T0 + 60_000, 0);
+      assert.equal(later?.position, 10, 'the next owner resumes where the last one got to');
     });
   });
 }
