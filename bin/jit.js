@@ -17,8 +17,22 @@ if (process.argv.length === 3 && process.argv[2] === '--version') {
   process.stdout.write(`${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}\n`);
   process.exit(0);
 }
+// Node keeps each module's compiled code (and the type-stripped text of the TypeScript sources a
+// checkout runs) between runs: without it every command pays again for stripping types (~150 ms,
+// most of `jit run`'s start-up) and compiling. The cache is per user (a shared /tmp directory
+// would let another user plant code); NODE_COMPILE_CACHE moves it, NODE_DISABLE_COMPILE_CACHE=1
+// turns it off. A directory that cannot be created just means no cache.
+const { enableCompileCache } = await import('node:module');
+enableCompileCache?.(process.env.NODE_COMPILE_CACHE || (await compileCacheDir()));
 const source = new URL('../src/cli/main.ts', import.meta.url);
 const entry = process.features.typescript && existsSync(source) ? await import(source.href) : await import('../dist/cli/main.js');
 const code = await entry.main(process.argv.slice(2));
 // Exit once stdout has drained (pipes are asynchronous on macOS), without waiting on idle sockets.
 process.stdout.write('', () => process.exit(code));
+
+async function compileCacheDir() {
+  const [{ homedir }, { join }] = await Promise.all([import('node:os'), import('node:path')]);
+  if (process.platform === 'win32') return join(process.env.LOCALAPPDATA || join(homedir(), 'AppData', 'Local'), 'jit', 'Cache', 'compile');
+  if (process.platform === 'darwin') return join(homedir(), 'Library', 'Caches', 'jit', 'compile');
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'jit', 'compile');
+}
