@@ -3,6 +3,7 @@ import { UsageError } from '../core/errors.ts';
 import { parseScope } from '../core/scope.ts';
 import { CONFIG_FILE, checkResourceRoots } from './broker.ts';
 import { type BrokerConfig, loadBrokerConfig } from './config.ts';
+import { identityFor, OidcRejection } from './oidc/verify.ts';
 import { type Decision, decide, type Principal } from './policy/evaluate.ts';
 import { checkScope } from './resources.ts';
 
@@ -24,8 +25,11 @@ export async function checkBrokerDir(dir: string): Promise<{ config: BrokerConfi
 }
 
 export type ExplainRequest = {
-  subject: string;
-  claims?: Record<string, string>;
+  /** Who asks; with `issuer`, the subject that issuer's template makes of `claims` when left out. */
+  subject?: string;
+  claims?: Record<string, unknown>;
+  /** An oidc.issuers name: the request comes from a fresh CI session of that issuer. */
+  issuer?: string;
   scopes: string[];
   /** Applied to scopes that name no action of their own. */
   action?: string;
@@ -39,16 +43,36 @@ const PRINCIPAL = /^[a-z][a-z0-9-]*:.+$/;
  * created. Scopes are checked against the catalog exactly as the broker checks them.
  */
 export async function explainRequest(dir: string, request: ExplainRequest): Promise<Decision> {
-  if (!PRINCIPAL.test(request.subject) || request.subject.startsWith('group:')) {
-    throw new UsageError(`invalid subject "${request.subject}"`, {
-      hint: 'a principal is user:NAME (or a CI identity with --claim); groups are resolved from policy.groups',
-    });
-  }
   const file = path.join(path.resolve(dir), CONFIG_FILE);
   const config = await loadBrokerConfig(file);
+  const issuer = request.issuer === undefined ? undefined : config.oidcIssuers.find((candidate) => candidate.name === request.issuer);
+  if (request.issuer !== undefined && !issuer) {
+    const known = config.oidcIssuers.map((candidate) => candidate.name);
+    throw new UsageError(`no OIDC issuer "${request.issuer}" in ${file}`, {
+      hint: known.length > 0 ? `known: ${known.join(', ')}` : 'declare it under oidc.issuers (docs/broker-config.md#oidc)',
+    });
+  }
+  let subject = request.subject;
+  if (issuer) {
+    try {
+      subject ??= identityFor(issuer, request.claims ?? {});
+    } catch (error) {
+      if (error instanceof OidcRejection) throw new UsageError(`issuer ${issuer.name} would refuse this token: ${error.message}`);
+      throw error;
+    }
+  }
+  if (subject === undefined || !PRINCIPAL.test(subject) || subject.startsWith('group:')) {
+    throw new UsageError(`invalid subject "${subject ?? ''}"`, {
+      hint: 'a principal is user:NAME, or a CI identity (--issuer NAME with its claims); groups are resolved from policy.groups',
+    });
+  }
   const scopes = request.scopes.map((text) =>
     checkScope(config.resources, parseScope(request.action !== undefined && !text.includes(':') ? `${text}:${request.action}` : text)),
   );
-  const principal: Principal = { subject: request.subject, ...(request.claims ? { claims: request.claims } : {}) };
+  const principal: Principal = {
+    subject,
+    ...(request.claims ? { claims: request.claims } : {}),
+    ...(issuer ? { sessionSecondsLeft: issuer.sessionTtlSeconds } : {}),
+  };
   return decide(config, principal, scopes, request.ttlSeconds);
 }

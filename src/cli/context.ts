@@ -1,4 +1,5 @@
-import { BrokerClient } from '../client/broker-client.ts';
+import { BrokerClient, type OidcSessionView } from '../client/broker-client.ts';
+import { ciIdentityToken, oidcAudience, oidcSource } from '../client/oidc.ts';
 import { type GrantAuth, LocalConfig, type LocalGrant } from '../config/local.ts';
 import { AuthError, UsageError } from '../core/errors.ts';
 import { sameUrl } from '../core/url.ts';
@@ -29,6 +30,11 @@ export type Context = {
   readonly interactive: boolean;
   secrets(): Promise<SecretStore>;
   session(): Promise<Session>;
+  /**
+   * A session for the CI job's OIDC identity token at `brokerUrl`, exchanged once per process
+   * (docs/ci.md#oidc); undefined when the environment offers no token. Nothing of it is stored.
+   */
+  oidcSession(brokerUrl: string): Promise<OidcSessionView | undefined>;
   /** A client for a grant in the local index, with the same kind of token that requested it (or none). */
   clientForGrant(grant: LocalGrant, tuning?: { timeoutMs?: number; retries?: number }): Promise<BrokerClient>;
 };
@@ -40,8 +46,10 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
   const explicitBrokerUrl = options.broker || env.JIT_BROKER_URL || undefined;
 
   const openSecrets = () => {
-    secrets ??= openSecretStore(options.keychain, bindingOverride(env)).then((store) => {
-      if (store.backend === 'memory' && options.keychain === 'auto') {
+    // A CI job on its OIDC identity keeps nothing in a keychain: its grant credentials live in this process only.
+    const mode = options.keychain === 'auto' && !env.JIT_TOKEN && oidcSource(env) ? 'memory' : options.keychain;
+    secrets ??= openSecretStore(mode, bindingOverride(env)).then((store) => {
+      if (store.backend === 'memory' && mode === 'auto') {
         out.warn(`no OS keychain reachable, keeping credentials in memory only (${store.fallbackReason}); see docs/keychain.md`);
       }
       return store;
@@ -54,7 +62,23 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
    * (--broker, else JIT_BROKER_URL), a profile's keychain token to that profile's broker. Anything
    * else would hand a standing token to whatever URL a flag or an environment variable names.
    */
+  const oidcSessions = new Map<string, Promise<OidcSessionView>>();
+  const oidcSession = async (brokerUrl: string): Promise<OidcSessionView | undefined> => {
+    const source = oidcSource(env);
+    if (!source) return undefined;
+    let session = oidcSessions.get(brokerUrl);
+    if (!session) {
+      session = ciIdentityToken(env, source, oidcAudience(env, brokerUrl)).then((token) =>
+        new BrokerClient({ brokerUrl }).exchangeOidc(token),
+      );
+      session.catch(() => oidcSessions.delete(brokerUrl));
+      oidcSessions.set(brokerUrl, session);
+    }
+    return session;
+  };
+
   const credentials = async (profile: string, brokerUrl: string, auth: GrantAuth): Promise<string | undefined> => {
+    if (auth === 'oidc') return (await oidcSession(brokerUrl))?.session;
     if (auth === 'env') return env.JIT_TOKEN && explicitBrokerUrl && sameUrl(explicitBrokerUrl, brokerUrl) ? env.JIT_TOKEN : undefined;
     const profileUrl = config.profile(profile)?.brokerUrl;
     return profileUrl && sameUrl(profileUrl, brokerUrl) ? (await openSecrets()).get(accounts.token(profile)) : undefined;
@@ -69,6 +93,7 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
       return out.interactive && !env.CI;
     },
     secrets: openSecrets,
+    oidcSession,
     async session() {
       const profile = options.profile;
       if (env.JIT_TOKEN && !explicitBrokerUrl) {
@@ -76,11 +101,15 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
           hint: 'set both, or pass --broker (a token is only sent to the broker it is for)',
         });
       }
-      const auth: GrantAuth = env.JIT_TOKEN ? 'env' : 'profile';
+      // An explicit JIT_TOKEN wins; then the CI job's own OIDC identity, when it offers one; then the keychain.
+      const auth: GrantAuth = env.JIT_TOKEN ? 'env' : oidcSource(env) ? 'oidc' : 'profile';
       const brokerUrl = explicitBrokerUrl || config.profile(profile)?.brokerUrl;
       if (!brokerUrl) {
         throw new AuthError(`no broker configured for profile "${profile}"`, {
-          hint: 'run `jit login --broker URL`, or set JIT_BROKER_URL and JIT_TOKEN',
+          hint:
+            auth === 'oidc'
+              ? 'set JIT_BROKER_URL (or pass --broker) to the broker that trusts this CI system'
+              : 'run `jit login --broker URL`, or set JIT_BROKER_URL and JIT_TOKEN',
         });
       }
       const token = await credentials(profile, brokerUrl, auth);

@@ -5,6 +5,9 @@ import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts
 import type { CreatedToken, TokenRequest, TokenRevocation, TokenView } from '../core/token.ts';
 import { canonicalUrl } from '../core/url.ts';
 
+/** What POST /v1/auth/oidc answers; `session` is the bearer, shown in this response only. */
+export type OidcSessionView = { session: string; sessionId: string; subject: string; issuer: string; roles: Role[]; expiresAt: string };
+
 export type ClientOptions = {
   brokerUrl: string;
   token?: string;
@@ -54,8 +57,13 @@ export class BrokerClient {
     });
   }
 
-  whoami(): Promise<{ subject: string; roles: Role[]; tokenId: string }> {
+  whoami(): Promise<{ subject: string; roles: Role[]; tokenId: string; expiresAt?: string }> {
     return this.#authed((http) => http.get('whoami').json());
+  }
+
+  /** Needs no token: a CI job's OIDC identity token for a requester session (docs/ci.md#oidc). */
+  exchangeOidc(token: string): Promise<OidcSessionView> {
+    return this.#call((http) => http.post('auth/oidc', { json: { token } }).json());
   }
 
   /** The caller's grants in every state, newest first, as the broker sees them. */

@@ -16,8 +16,11 @@ export type Profile = { brokerUrl: string; defaultTtl?: string };
 /** pending: waiting for approval; revoke-pending: ended here, the broker not yet told. */
 export type LocalGrantState = 'pending' | 'active' | 'revoke-pending' | 'suspended';
 
-/** Which token requested a grant: JIT_TOKEN (with JIT_BROKER_URL) or the profile's keychain token. */
-export type GrantAuth = 'env' | 'profile';
+/**
+ * Which token requested a grant: JIT_TOKEN (with JIT_BROKER_URL), the profile's keychain token, or
+ * a session exchanged for the CI job's OIDC identity token (exchanged again by a later command).
+ */
+export type GrantAuth = 'env' | 'profile' | 'oidc';
 
 /** The `jit run` process holding a grant, precisely enough to tell later whether it is gone. */
 export type Wrapper = { pid: number; host: string; bootId: string; startTicks: number };

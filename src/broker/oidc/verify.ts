@@ -93,15 +93,7 @@ export class OidcVerifier {
     } catch (error) {
       throw rejectionFor(error, issuer);
     }
-    const failed = Object.entries(issuer.claims).filter(([claim, pattern]) => !claimMatches(payload[claim], pattern));
-    if (failed.length > 0) {
-      throw new OidcRejection(
-        'claims_not_allowed',
-        `claims ${failed.map(([claim]) => claim).join(', ')} do not match what issuer ${issuer.name} allows (oidc.issuers[].claims)`,
-        issuer,
-      );
-    }
-    return { issuer, claims: payload, subject: subjectFor(issuer, payload) };
+    return { issuer, claims: payload, subject: identityFor(issuer, payload) };
   }
 
   #keySet(issuer: OidcIssuer): JWTVerifyGetKey {
@@ -201,6 +193,22 @@ function claimText(value: unknown): string | undefined {
 function claimMatches(value: unknown, pattern: string): boolean {
   const text = claimText(value);
   return text !== undefined && globMatches(pattern, text);
+}
+
+/**
+ * What a verified token's claims make of it at `issuer`: refused when they miss the issuer's claim
+ * conditions (claims_not_allowed), else the subject its template gives (see subjectFor).
+ */
+export function identityFor(issuer: OidcIssuer, claims: JWTPayload): string {
+  const failed = Object.entries(issuer.claims).filter(([claim, pattern]) => !claimMatches(claims[claim], pattern));
+  if (failed.length > 0) {
+    throw new OidcRejection(
+      'claims_not_allowed',
+      `claims ${failed.map(([claim]) => claim).join(', ')} do not match what issuer ${issuer.name} allows (oidc.issuers[].claims)`,
+      issuer,
+    );
+  }
+  return subjectFor(issuer, claims);
 }
 
 /** The subject template with the token's claims in it: `ci:github:{repository}@{ref}` -> `ci:github:acme/x@refs/heads/main`. */

@@ -68,6 +68,23 @@ export function groupsOf(policy: Policy, principal: Principal): string[] {
   return [...new Set([...(principal.groups ?? []), ...listed])];
 }
 
+/**
+ * A `ci:` subject pattern against a CI session's subject: `**` matches anything, `*` anything but
+ * `/`, so `ci:**` is every CI job and `ci:github:acme/*@refs/heads/main` every acme repository's main.
+ */
+export function subjectGlobMatches(pattern: string, subject: string): boolean {
+  const source = pattern
+    .split('**')
+    .map((part) =>
+      part
+        .split('*')
+        .map((text) => text.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('[^/]*'),
+    )
+    .join('.*');
+  return new RegExp(`^${source}$`).test(subject);
+}
+
 /** Why a rule's who-part (subjects and claims) does not match; undefined when it does. */
 function whoMismatch(
   rule: { subjects: readonly string[]; claims: Readonly<Record<string, string>> },
@@ -79,7 +96,7 @@ function whoMismatch(
       (subject) =>
         subject === principal.subject ||
         (subject.startsWith('group:') && groups.includes(subject.slice('group:'.length))) ||
-        (subject.startsWith('ci:') && principal.subject.startsWith('ci:') && globMatches(subject, principal.subject)),
+        (subject.startsWith('ci:') && principal.subject.startsWith('ci:') && subjectGlobMatches(subject, principal.subject)),
     );
     if (!matches) return 'subject did not match';
   }

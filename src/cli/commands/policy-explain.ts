@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Decision } from '../../broker/policy/evaluate.ts';
 import { formatDuration, parseDuration } from '../../core/duration.ts';
@@ -16,6 +17,25 @@ function parseClaims(pairs: string[]): Record<string, string> | undefined {
     claims[pair.slice(0, equals)] = pair.slice(equals + 1);
   }
   return claims;
+}
+
+/** A JSON object of claims; a JWT by mistake is refused without being echoed. */
+async function readClaimsFile(file: string): Promise<Record<string, unknown>> {
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot read --claims-file ${file} (${error.code ?? error.message})`);
+  });
+  let claims: unknown;
+  try {
+    claims = JSON.parse(text);
+  } catch {
+    claims = undefined;
+  }
+  if (!claims || typeof claims !== 'object' || Array.isArray(claims)) {
+    throw new UsageError(`--claims-file ${file} is not a JSON object of claims`, {
+      hint: 'give the token\'s decoded payload, e.g. {"repository": "acme/x", "ref": "refs/heads/main"}, not the token',
+    });
+  }
+  return claims as Record<string, unknown>;
 }
 
 function headline(decision: Decision): string {
@@ -54,16 +74,29 @@ export const policyExplain: CommandDefinition = {
   define: (command) =>
     command
       .requiredOption('--dir <dir>', 'the broker directory whose broker.yaml holds the policy')
-      .requiredOption('--subject <subject>', 'who asks, e.g. user:ana')
+      .option('--subject <subject>', 'who asks, e.g. user:ana (with --issuer: the subject its template makes of the claims)')
       .requiredOption('--scope <scope>', 'a scope to ask for (repeatable)', collect)
       .option('--ttl <duration>', 'the TTL to ask for (default: the policy default)')
       .option('--action <action>', 'the action for scopes that name none (default: read)')
-      .option('--claim <name=value>', "a CI identity's claim, matched by claims rules (repeatable)", collect),
+      .option('--claim <name=value>', "a CI identity's claim, matched by claims rules (repeatable)", collect)
+      .option('--claims-file <file>', "a CI identity's claims as a JSON object (a token's decoded payload, never the token)")
+      .option(
+        '--issuer <name>',
+        'ask as a fresh CI session of this oidc.issuers entry: its claim conditions, subject and sessionTtl apply',
+      ),
   async handler({ options }) {
     const { explainRequest } = await import('../../broker/check-config.ts');
-    const claims = parseClaims((options.claim as string[] | undefined) ?? []);
+    const fromFile = options.claimsFile === undefined ? undefined : await readClaimsFile(String(options.claimsFile));
+    const pairs = parseClaims((options.claim as string[] | undefined) ?? []);
+    const claims = fromFile || pairs ? { ...fromFile, ...pairs } : undefined;
+    if (options.subject === undefined && options.issuer === undefined) {
+      throw new UsageError("who asks? pass --subject, or --issuer NAME with the CI identity's claims", {
+        hint: 'e.g. --subject user:ana, or --issuer github --claims-file claims.json',
+      });
+    }
     const decision = await explainRequest(path.resolve(String(options.dir)), {
-      subject: String(options.subject),
+      ...(options.subject === undefined ? {} : { subject: String(options.subject) }),
+      ...(options.issuer === undefined ? {} : { issuer: String(options.issuer) }),
       scopes: options.scope as string[],
       ...(claims ? { claims } : {}),
       ...(options.action === undefined ? {} : { action: String(options.action) }),

@@ -6,14 +6,16 @@ export const whoami: CommandDefinition = {
   summary: 'show which broker and profile are in use, and the subject, roles and token id the broker sees',
   async handler(_input, ctx) {
     const { client, brokerUrl, profile, auth } = await ctx.session();
-    const { subject, roles, tokenId } = await client.whoami();
-    const data = { brokerUrl, profile, auth, subject, roles, tokenId };
+    const { subject, roles, tokenId, expiresAt } = await client.whoami();
+    const data = { brokerUrl, profile, auth, subject, roles, tokenId, ...(expiresAt ? { expiresAt } : {}) };
+    const via = { env: ' (token from JIT_TOKEN)', oidc: " (the CI job's OIDC identity)", profile: '' }[auth];
     const human = renderTable([
       ['broker', brokerUrl],
-      ['profile', auth === 'env' ? `${profile} (token from JIT_TOKEN)` : profile],
+      ['profile', `${profile}${via}`],
       ['subject', subject],
       ['roles', roles.join(', ')],
-      ['token id', tokenId],
+      [auth === 'oidc' ? 'session id' : 'token id', tokenId],
+      ...(expiresAt ? [['session ends', expiresAt]] : []),
     ]);
     return { data, human };
   },

@@ -1,0 +1,186 @@
+import assert from 'node:assert/strict';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { GrantView } from '../../src/core/grant.ts';
+import { openSecretStore, type SecretStore } from '../../src/secrets/store.ts';
+import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
+import { startTestIssuer, type TestIssuer } from '../helpers/oidc-issuer.ts';
+import { job, startJit } from './support.ts';
+
+/**
+ * The real bin/jit in a CI job that holds no jit token at all: only the CI system's OIDC identity,
+ * from a local issuer this test starts and a FAKE of GitHub Actions' token request endpoint
+ * (which only exists on a GitHub runner). The broker's audience is its own URL, the default the
+ * CLI asks GitHub for.
+ */
+const SUBJECT = 'ci:github:acme/train-pipeline@refs/heads/main';
+
+/** The OS keychain when one is reachable here; undefined on a headless machine (nothing to look into). */
+async function keychainIfAny(): Promise<SecretStore | undefined> {
+  return openSecretStore('require').catch(() => undefined);
+}
+
+describe('jit in a CI job with an OIDC identity and no stored jit token', () => {
+  let issuer: TestIssuer;
+  let broker: TestBroker;
+  let ciEnv: NodeJS.ProcessEnv;
+
+  before(async () => {
+    issuer = await startTestIssuer({ audience: 'placeholder' });
+    broker = await startTestBroker({
+      policy: `policy:
+  rules:
+    - name: admin-datasets
+      subjects: ["user:admin"]
+      scopes: ["datasets/**"]
+      maxTtl: 8h
+    - name: train-pipeline-main
+      claims: { repository: "acme/train-pipeline", ref: "refs/heads/main" }
+      scopes: ["datasets/train/**"]
+      maxTtl: 2h
+`,
+      extraYaml: `oidc:
+  issuers:
+    - name: github
+      issuer: ${issuer.url}
+      audience: AUDIENCE
+      subject: "ci:github:{repository}@{ref}"
+`,
+    });
+    // The audience is the broker's own URL, known once it listens: set it and restart on the same port.
+    const configFile = path.join(broker.dir, 'broker.yaml');
+    await writeFile(configFile, (await readFile(configFile, 'utf8')).replace('audience: AUDIENCE', `audience: ${broker.url}`));
+    await broker.stop();
+    await broker.restart();
+    ciEnv = await testEnv({
+      JIT_BROKER_URL: broker.url,
+      CI: 'true',
+      ACTIONS_ID_TOKEN_REQUEST_URL: issuer.github.requestUrl,
+      ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.github.requestToken,
+      DBUS_SESSION_BUS_ADDRESS: undefined,
+    });
+  });
+  after(async () => {
+    await broker?.cleanup();
+    await issuer?.close();
+    if (ciEnv?.HOME) await rm(ciEnv.HOME, { recursive: true, force: true });
+  });
+
+  const grantsOnBroker = async () =>
+    (await api<{ grants: GrantView[] }>(broker, broker.token, 'GET', 'grants?all=true')).body.grants.filter(
+      (grant) => grant.subject === SUBJECT,
+    );
+
+  it('jit run gets a grant through the GitHub Actions token request, with nothing in the keychain or the config', async () => {
+    const before = (await grantsOnBroker()).length;
+    const run = await jit(['run', '--scope', 'datasets/train', '--', ...job('env-probe.mjs')], { env: ciEnv });
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stderr, '', 'no keychain warning: in OIDC mode jit does not look for one');
+    const report = JSON.parse(run.stdout) as { env: Record<string, string>; train: { status: number }; eval: { status: number } };
+    assert.equal(report.train.status, 200, 'the job read its granted data');
+    assert.equal(report.eval.status, 403, 'and nothing else');
+    assert.equal(report.env.ACTIONS_ID_TOKEN_REQUEST_TOKEN, ciEnv.ACTIONS_ID_TOKEN_REQUEST_TOKEN, 'the job keeps its own CI environment');
+    assert.equal(report.env.JIT_TOKEN, undefined);
+    assert.deepEqual(issuer.github.audiences.at(-1), broker.url, "jit asked GitHub for a token for the broker's URL");
+
+    const grants = await grantsOnBroker();
+    assert.equal(grants.length, before + 1);
+    const grant = grants.find((candidate) => candidate.id === report.env.JIT_GRANT_ID);
+    assert.equal(grant?.state, 'revoked', 'revoked when the job ended, with the same session');
+
+    const config = await readFile(path.join(ciEnv.JIT_CONFIG_DIR ?? '', 'config.json'), 'utf8').catch(() => '');
+    assert.ok(!config.includes('jits_') && !config.includes('eyJ'), 'no session and no OIDC token in the config file');
+  });
+
+  it('jit env with a token in JIT_OIDC_TOKEN (GitLab style) keeps nothing in the keychain, and a later jit revoke exchanges again', async () => {
+    const token = await issuer.sign({ aud: broker.url });
+    const env: NodeJS.ProcessEnv = {
+      ...ciEnv,
+      ACTIONS_ID_TOKEN_REQUEST_URL: undefined,
+      ACTIONS_ID_TOKEN_REQUEST_TOKEN: undefined,
+      JIT_OIDC_TOKEN: token,
+    };
+    const printed = await jit(['env', '--scope', 'datasets/train', '--ttl', '10m', '--format', 'json'], { env });
+    assert.equal(printed.code, 0, printed.stderr);
+    const vars = JSON.parse(printed.stdout) as Record<string, string>;
+    const id = vars.JIT_GRANT_ID ?? '';
+    assert.match(id, /^g_/);
+    assert.equal((await grantsOnBroker()).find((grant) => grant.id === id)?.state, 'active');
+    const keychain = await keychainIfAny();
+    if (keychain) {
+      assert.equal(await keychain.get(`grant:${id}`), undefined, 'no grant credential in the keychain');
+      assert.equal(await keychain.get('token:default'), undefined, 'no token in the keychain');
+    }
+    const config = await readFile(path.join(env.JIT_CONFIG_DIR ?? '', 'config.json'), 'utf8');
+    assert.ok(!config.includes(token) && !config.includes(vars.JIT_FILES_TOKEN ?? 'none'), 'no secret in the index');
+    assert.match(config, /"auth": ?"oidc"/);
+
+    const revoked = await jit(['revoke', '--all', '--yes'], { env });
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.equal((await grantsOnBroker()).find((grant) => grant.id === id)?.state, 'revoked');
+  });
+
+  it('jit login --oidc shows the identity the broker sees and stores nothing', async () => {
+    const login = await jit(['login', '--oidc', '--json'], { env: ciEnv });
+    assert.equal(login.code, 0, login.stderr);
+    const shown = JSON.parse(login.stdout) as Record<string, unknown>;
+    assert.equal(shown.subject, SUBJECT);
+    assert.equal(shown.source, 'github-actions');
+    assert.equal(shown.stored, false);
+    assert.ok(!login.stdout.includes('jits_'), 'the session bearer is not printed');
+    const whoami = await jit(['whoami'], { env: ciEnv });
+    assert.equal(whoami.code, 0, whoami.stderr);
+    assert.match(whoami.stdout, new RegExp(`subject +${SUBJECT.replaceAll('/', '\\/')}`));
+    assert.match(whoami.stdout, /session ends/);
+  });
+
+  it('a refused token is one line naming the reason, exit 3, and never echoed', async () => {
+    const token = await issuer.sign({ aud: 'https://someone-else.test' });
+    const env: NodeJS.ProcessEnv = { ...ciEnv, ACTIONS_ID_TOKEN_REQUEST_URL: undefined, JIT_OIDC_TOKEN: token };
+    const run = await jit(['run', '--scope', 'datasets/train', '--', 'true'], { env });
+    assert.equal(run.code, 3);
+    assert.match(
+      run.stderr,
+      /^jit: error: the CI identity token was refused: the token's audience is not http:\/\/127\.0\.0\.1:\d+; check the job's audience/,
+    );
+    assert.equal(run.stderr.split('\n').filter(Boolean).length, 1);
+    assert.ok(!run.stderr.includes(token.split('.')[2] ?? 'x'));
+  });
+});
+
+describe('jit login asks for the broker URL only when a person is at a terminal', () => {
+  it('without a terminal, or with CI set, it names the flag instead of prompting', async () => {
+    const env = await testEnv();
+    try {
+      for (const extra of [{}, { CI: 'true' }]) {
+        const login = await jit(['login'], { env: { ...env, ...extra } });
+        assert.equal(login.code, 2);
+        assert.match(login.stderr, /^jit: error: no broker URL given, and no terminal to ask on \(or CI is set\); pass --broker URL/);
+      }
+    } finally {
+      await rm(env.HOME ?? '', { recursive: true, force: true });
+    }
+  });
+
+  it('on a terminal it asks for the URL, then for the token', async (t) => {
+    if (!terminalAvailable()) return t.skip('util-linux script is not installed');
+    const broker = await startTestBroker();
+    t.after(() => broker.cleanup());
+    const env = await testEnv({ CI: undefined });
+    t.after(() => rm(env.HOME ?? '', { recursive: true, force: true }));
+    const login = startJit(t, ['login'], { env, terminal: true });
+    await login.readUntil('stdout', /Broker URL/);
+    login.child.stdin?.write('not a url\r');
+    await login.readUntil('stdout', /an http\(s\) URL/);
+    // Clear the wrong answer, then give the real one.
+    login.child.stdin?.write(`${'\x7f'.repeat(20)}${broker.url}\r`);
+    await login.readUntil('stdout', /API token/);
+    login.child.stdin?.write(`${broker.token}\r`);
+    const done = await login.done;
+    // Logged in where a keychain is reachable; refused for want of one elsewhere. Either way the URL was taken.
+    if (done.code === 0) assert.match(done.stdout, new RegExp(`Logged in to ${broker.url.replaceAll('.', '\\.')} as user:admin`));
+    else assert.match(done.stdout, /no OS keychain to keep the token in/);
+  });
+});

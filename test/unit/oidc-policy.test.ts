@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { explainRequest } from '../../src/broker/check-config.ts';
+import { parseBrokerConfig } from '../../src/broker/config.ts';
+import { decide, type Principal } from '../../src/broker/policy/evaluate.ts';
+import { parseScope } from '../../src/core/scope.ts';
+import { ROOT } from '../helpers/cli.ts';
+
+const HEADER = 'version: 1\nresources:\n  datasets:\n    kind: files\n    root: data\n';
+const FILE = '/srv/jit/broker.yaml';
+const GITHUB = 'https://token.actions.githubusercontent.com';
+const MAIN = { iss: GITHUB, repository: 'acme/train-pipeline', ref: 'refs/heads/main', ref_protected: true };
+
+/** The rule docs/policy.md#claims shows for "main of acme/train-pipeline may read datasets/train for 2h". */
+async function documentedRule(): Promise<string> {
+  const doc = await readFile(path.join(ROOT, 'docs', 'policy.md'), 'utf8');
+  const block = [...doc.matchAll(/```yaml\n([\s\S]*?)```/g)]
+    .map((match) => match[1] ?? '')
+    .find((text) => text.includes('train-pipeline-main'));
+  assert.ok(block, 'docs/policy.md shows the rule');
+  return block;
+}
+
+describe('claims in policy (OIDC subjects)', () => {
+  it('allows the main branch of acme/train-pipeline datasets/train for up to 2h, and nothing else, as docs/policy.md writes it', async () => {
+    const config = parseBrokerConfig(`${HEADER}${await documentedRule()}`, FILE);
+    const ask = (principal: Principal, scope: string, ttl?: number) => decide(config, principal, [parseScope(scope)], ttl);
+    const ci = { subject: 'ci:github:acme/train-pipeline@refs/heads/main', claims: MAIN };
+    const allowed = ask(ci, 'datasets/train', 7200);
+    assert.deepEqual([allowed.allowed, allowed.explanation[0]?.rule, allowed.ttlSeconds], [true, 'train-pipeline-main', 7200]);
+    assert.equal(ask(ci, 'datasets/train').ttlSeconds, 3600, 'the default TTL');
+    assert.equal(ask(ci, 'datasets/train', 3 * 3600).refusal?.code, 'ttl_too_long');
+    const feature = ask({ ...ci, claims: { ...MAIN, ref: 'refs/heads/feature' } }, 'datasets/train');
+    assert.equal(feature.refusal?.code, 'policy_denied');
+    assert.deepEqual(feature.explanation[0]?.notMatched, [
+      { rule: 'no-ci-pii', kind: 'deny', why: 'pattern did not match' },
+      { rule: 'train-pipeline-main', kind: 'allow', why: 'claims did not match (ref)' },
+    ]);
+    assert.equal(ask({ ...ci, claims: { ...MAIN, ref_protected: false } }, 'datasets/train').allowed, false, 'booleans match as text');
+    assert.equal(ask({ subject: 'user:ana' }, 'datasets/train').allowed, false, 'a person has no claims');
+    assert.equal(ask(ci, 'datasets/pii/x.csv').explanation[0]?.deniedBy?.rule, 'no-ci-pii', 'ci:** denies every CI job');
+    assert.equal(ask({ subject: 'user:ana' }, 'datasets/pii/x.csv').explanation[0]?.deniedBy, null, 'but no person');
+  });
+
+  it('a ci: subject glob matches CI subjects only, segment by segment', () => {
+    const config = parseBrokerConfig(
+      `${HEADER}policy:\n  rules:\n    - name: acme-ci\n      subjects: ["ci:github:acme/*@refs/heads/main"]\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n`,
+      FILE,
+    );
+    const allowed = (subject: string) => decide(config, { subject }, [parseScope('datasets/train')], undefined).allowed;
+    assert.equal(allowed('ci:github:acme/models@refs/heads/main'), true);
+    assert.equal(allowed('ci:github:acme/models@refs/heads/dev'), false);
+    assert.equal(allowed('ci:github:evil/models@refs/heads/main'), false);
+  });
+
+  it('no grant outlives the CI session: a longer TTL is refused, the default is cut to what is left', () => {
+    const config = parseBrokerConfig(
+      `${HEADER}policy:\n  rules:\n    - name: ci\n      claims: { repository: "acme/*" }\n      scopes: ["datasets/**"]\n      defaultTtl: 2h\n      maxTtl: 8h\n`,
+      FILE,
+    );
+    const principal = { subject: 'ci:x', claims: { repository: 'acme/a' }, sessionSecondsLeft: 1800.7 };
+    const refused = decide(config, principal, [parseScope('datasets/train')], 3600);
+    assert.equal(refused.refusal?.code, 'ttl_too_long');
+    assert.match(refused.refusal?.message ?? '', /ttl 1h is longer than the 30m left of ci:x's CI session/);
+    assert.equal(decide(config, principal, [parseScope('datasets/train')], undefined).ttlSeconds, 1800);
+  });
+});
+
+describe('oidc.issuers in broker.yaml', () => {
+  const issuer = (lines: string) =>
+    `${HEADER}policy:\n  rules: []\noidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: https://jit.example.com\n${lines}`;
+  const refuses = (yaml: string, message: RegExp) =>
+    assert.throws(
+      () => parseBrokerConfig(yaml, FILE),
+      (error: Error) => message.test(error.message),
+    );
+
+  it('parses an issuer with its defaults', () => {
+    const [parsed] = parseBrokerConfig(issuer(''), FILE).oidcIssuers;
+    assert.deepEqual(parsed, {
+      name: 'github',
+      issuer: GITHUB,
+      audiences: ['https://jit.example.com'],
+      jwksUri: undefined,
+      jwks: undefined,
+      algorithms: ['RS256'],
+      clockSkewSeconds: 60,
+      maxTokenAgeSeconds: 3600,
+      sessionTtlSeconds: 3600,
+      keyRefreshCooldownSeconds: 30,
+      subject: 'ci:{iss}:{sub}',
+      claims: {},
+    });
+  });
+
+  it('refuses none and HMAC algorithms, plain http off loopback, a subject that is not ci:, both jwks and jwksUri, and a session over a day', () => {
+    refuses(
+      issuer('      algorithms: [HS256]\n'),
+      /oidc\.issuers\.0\.algorithms\.0: allowed algorithms are RS256, .* \(never none or HS\*\)/,
+    );
+    refuses(issuer('      algorithms: [none]\n'), /never none or HS\*/);
+    refuses(issuer('      jwksUri: http://keys.example.com/jwks\n'), /https:\/\/ \(http:\/\/ only on a loopback host\)/);
+    refuses(issuer('      subject: "user:{sub}"\n'), /a subject template is ci:TEXT with \{claim\} placeholders/);
+    refuses(
+      issuer('      jwksUri: https://x.example/jwks\n      jwks: { keys: [{ kty: RSA }] }\n'),
+      /give jwks \(inline keys\) or jwksUri, not both/,
+    );
+    refuses(issuer('      sessionTtl: 2d\n'), /a session lasts at most 1d/);
+    refuses(`${issuer('')}    - name: github\n      issuer: https://gitlab.com\n      audience: x\n`, /duplicate name "github"/);
+  });
+
+  it('jit policy explain --issuer makes the subject from the claims and applies the session TTL', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'jit-explain-'));
+    try {
+      const yaml = `${HEADER}${await documentedRule()}oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n      subject: "ci:github:{repository}@{ref}"\n      claims: { repository_owner: acme }\n      sessionTtl: 90m\n`;
+      await writeFile(path.join(dir, 'broker.yaml'), yaml);
+      const decision = await explainRequest(dir, {
+        issuer: 'github',
+        claims: { ...MAIN, repository_owner: 'acme' },
+        scopes: ['datasets/train'],
+      });
+      assert.equal(decision.subject, 'ci:github:acme/train-pipeline@refs/heads/main');
+      assert.equal(decision.allowed, true);
+      const capped = await explainRequest(dir, {
+        issuer: 'github',
+        claims: { ...MAIN, repository_owner: 'acme' },
+        scopes: ['datasets/train'],
+        ttlSeconds: 7200,
+      });
+      assert.equal(capped.refusal?.code, 'ttl_too_long', 'the 2h rule max is past the 90m session');
+      await assert.rejects(
+        explainRequest(dir, { issuer: 'github', claims: { ...MAIN, repository_owner: 'evil' }, scopes: ['datasets/train'] }),
+        /issuer github would refuse this token: claims repository_owner do not match/,
+      );
+      await assert.rejects(explainRequest(dir, { issuer: 'gitlab', scopes: ['datasets/train'] }), /no OIDC issuer "gitlab"/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
