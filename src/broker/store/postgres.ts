@@ -1,9 +1,9 @@
 import pg from 'pg';
 import { BrokerUnreachableError, JitError, UsageError } from '../../core/errors.ts';
 import type { GrantState } from '../../core/grant.ts';
-import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import type { Checkpoint } from '../audit/chain.ts';
 import { outcomeOf } from '../audit/chain.ts';
+import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
   type ApprovalRecord,
   type AuditEvent,
@@ -15,19 +15,14 @@ import {
   type BrokerStore,
   type ChainHead,
   checkpointFromRow,
-  EVENT_COLUMNS,
-  eventValues,
-  type GrantEvent,
-  type SealPlan,
-  type SinkCursor,
-  sinkFromRow,
-  type UnsealedRow,
-  unsealedFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
+  EVENT_COLUMNS,
   EXPIRE_BATCH,
   eventFromRow,
+  eventValues,
   GRANT_COLUMNS,
+  type GrantEvent,
   type GrantRecord,
   grantFromRow,
   grantValues,
@@ -35,8 +30,13 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  type SealPlan,
   type SessionRecord,
+  type SinkCursor,
   sessionFromRow,
+  sinkFromRow,
+  type UnsealedRow,
+  unsealedFromRow,
 } from './store.ts';
 
 /** Any fixed 64-bit number: every replica takes the same advisory lock to migrate. */
@@ -63,14 +63,7 @@ function withEvent(update: string, params: unknown[], at: number, event: GrantEv
        FROM changed
      )
      SELECT * FROM changed`,
-    [
-      ...params,
-      at,
-      event.type,
-      event.actor ?? (typeof by === 'string' ? by : null),
-      outcomeOf(event.type),
-      JSON.stringify(event.detail),
-    ],
+    [...params, at, event.type, event.actor ?? (typeof by === 'string' ? by : null), outcomeOf(event.type), JSON.stringify(event.detail)],
   ];
 }
 

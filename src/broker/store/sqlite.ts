@@ -1,8 +1,8 @@
 import { chmodSync } from 'node:fs';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import type { GrantState } from '../../core/grant.ts';
-import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import type { Checkpoint } from '../audit/chain.ts';
+import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
   type ApprovalRecord,
   type AuditEvent,
@@ -15,20 +15,14 @@ import {
   type BrokerStore,
   type ChainHead,
   checkpointFromRow,
-  EVENT_COLUMNS,
-  eventValues,
-  type GrantEvent,
-  type SealPlan,
-  type SinkCursor,
-  sinkFromRow,
-  systemEnd,
-  type UnsealedRow,
-  unsealedFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
+  EVENT_COLUMNS,
   EXPIRE_BATCH,
   eventFromRow,
+  eventValues,
   GRANT_COLUMNS,
+  type GrantEvent,
   type GrantRecord,
   grantFromRow,
   grantValues,
@@ -36,8 +30,14 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  type SealPlan,
   type SessionRecord,
+  type SinkCursor,
   sessionFromRow,
+  sinkFromRow,
+  systemEnd,
+  type UnsealedRow,
+  unsealedFromRow,
 } from './store.ts';
 
 type Row = Record<string, SQLInputValue>;
@@ -450,4 +450,3 @@ export class SqliteStore implements BrokerStore {
     if (this.#db.isOpen) this.#db.close();
   }
 }
-
