@@ -1,6 +1,7 @@
 import { Chalk, type ChalkInstance } from 'chalk';
 import type { Ora } from 'ora';
 import type { JitError } from '../core/errors.ts';
+import { Redraw, type TerminalStream } from './live.ts';
 
 export type Spinner = { text(text: string): void; succeed(text: string): void; fail(text: string): void; stop(): void };
 
@@ -17,7 +18,7 @@ export class Output {
   /** -q: only results, warnings and errors; no notices, no spinners. */
   readonly quiet: boolean;
   readonly color: ChalkInstance;
-  readonly #stdout: NodeJS.WritableStream;
+  readonly #stdout: TerminalStream & { isTTY?: boolean };
   readonly #stderr: NodeJS.WritableStream & { isTTY?: boolean };
 
   constructor(options: {
@@ -26,7 +27,7 @@ export class Output {
     quiet?: boolean;
     /** false: --no-color. */
     color?: boolean;
-    stdout?: NodeJS.WritableStream;
+    stdout?: TerminalStream & { isTTY?: boolean };
     stderr?: NodeJS.WritableStream & { isTTY?: boolean };
   }) {
     this.json = options.json;
@@ -43,6 +44,26 @@ export class Output {
     if (this.json) {
       if (data !== undefined) this.#stdout.write(`${JSON.stringify(data, null, 2)}\n`);
     } else if (human !== undefined && human !== '') this.#stdout.write(human.endsWith('\n') ? human : `${human}\n`);
+  }
+
+  /** Whether stdout is a terminal and the output is for a person: where a live view redraws in place. */
+  get liveTerminal(): boolean {
+    return !this.json && Boolean(this.#stdout.isTTY);
+  }
+
+  /** A block of stdout redrawn in place (jit grants --watch); for a live terminal only. */
+  redraw(): Redraw {
+    return new Redraw(this.#stdout);
+  }
+
+  /** One JSON document on one line of stdout: a stream's item (NDJSON). */
+  line(data: unknown): void {
+    this.#stdout.write(`${JSON.stringify(data)}\n`);
+  }
+
+  /** Resolves when stdout can take no more (its reader went away: `jit grants --watch | head -1`), so a stream can stop. */
+  stdoutClosed(): Promise<void> {
+    return new Promise((resolve) => this.#stdout.once('error', () => resolve()));
   }
 
   /** Progress worth seeing only with -v. */

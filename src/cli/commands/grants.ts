@@ -1,54 +1,75 @@
 import { wrapperGone } from '../../client/release.ts';
-import { formatDuration } from '../../core/duration.ts';
+import { formatDuration, parseDuration } from '../../core/duration.ts';
 import type { GrantView } from '../../core/grant.ts';
 import type { CommandDefinition } from '../command.ts';
 import type { Context } from '../context.ts';
 import { renderTable } from '../table.ts';
+import { type Snapshot, watchList } from '../watch.ts';
 
 export const grants: CommandDefinition = {
   path: 'grants',
   summary: 'list the grants this machine holds (from the local index; no secrets, works offline)',
-  define: (command) => command.option('--remote', "list the broker's view of your grants, ended ones too, instead of this machine's index"),
+  define: (command) =>
+    command
+      .option('--remote', "list the broker's view of your grants, ended ones too, instead of this machine's index")
+      .option('-w, --watch', 'keep looking: redraw the table in place on a terminal, else print a JSON line per change (Ctrl-C stops)')
+      .option('--interval <duration>', 'with --watch: how often to look again, e.g. 5s', '2s'),
   async handler({ options }, ctx) {
-    if (options.remote) return remoteGrants(ctx);
-    const rows = ctx.config.grants().map((grant) => ({
-      ...grant,
-      wrapperAlive: !wrapperGone(grant),
-    }));
-    if (rows.length === 0) return { data: { grants: [] }, human: 'No live grants on this machine.' };
-    const now = Date.now();
-    const table = [
-      ['ID', 'STATE', 'SCOPES', 'EXPIRES', 'TIME LEFT', 'PID', 'COMMAND'],
-      ...rows.map((grant) => [
-        grant.id,
-        highlightState(grant.state, ctx),
-        grant.scopes.join(','),
-        grant.expiresAt ?? '-',
-        timeLeft(grant.expiresAt, now),
-        grant.pid === null ? '-' : String(grant.pid),
-        grant.command,
-      ]),
-    ];
-    return { data: { grants: rows }, human: renderTable(table) };
+    const look = options.remote ? () => remoteGrants(ctx) : async () => localGrants(ctx);
+    if (!options.watch) {
+      const { data, human } = await look();
+      return { data, human };
+    }
+    const intervalMs = parseDuration(String(options.interval), '--interval') * 1000;
+    await watchList(ctx, { title: `jit grants${options.remote ? ' --remote' : ''}`, intervalMs, snapshot: look });
+    return {};
   },
 };
 
-async function remoteGrants(ctx: Context) {
-  const { client, brokerUrl } = await ctx.session();
-  const { grants } = await client.listGrants();
-  if (grants.length === 0) return { data: { grants }, human: `The broker at ${brokerUrl} has no grants of yours.` };
+type Listing = Snapshot & { data: { grants: unknown[] } };
+
+function localGrants(ctx: Context): Listing {
+  const grants = ctx.config.grants().map((grant) => ({ ...grant, wrapperAlive: !wrapperGone(grant) }));
   const now = Date.now();
+  const rows = grants.map((grant) => ({ id: grant.id, state: grant.state, timeLeft: timeLeft(grant.expiresAt, now), data: grant }));
+  if (grants.length === 0) return { data: { grants }, rows, human: 'No live grants on this machine.' };
   const table = [
-    ['ID', 'STATE', 'SCOPES', 'TIME LEFT', 'ENDED'],
-    ...grants.map((grant) => [
+    ['ID', 'STATE', 'SCOPES', 'EXPIRES', 'TIME LEFT', 'PID', 'COMMAND'],
+    ...grants.map((grant, index) => [
       grant.id,
       highlightState(grant.state, ctx),
       grant.scopes.join(','),
-      grant.endedAt === null ? timeLeft(grant.expiresAt, now) : '-',
+      grant.expiresAt ?? '-',
+      rows[index]?.timeLeft ?? '-',
+      grant.pid === null ? '-' : String(grant.pid),
+      grant.command,
+    ]),
+  ];
+  return { data: { grants }, rows, human: renderTable(table) };
+}
+
+async function remoteGrants(ctx: Context): Promise<Listing> {
+  const { client, brokerUrl } = await ctx.session();
+  const { grants } = await client.listGrants();
+  const now = Date.now();
+  const rows = grants.map((grant) => ({
+    id: grant.id,
+    state: grant.state,
+    timeLeft: grant.endedAt === null ? timeLeft(grant.expiresAt, now) : '-',
+    data: grant,
+  }));
+  if (grants.length === 0) return { data: { grants }, rows, human: `The broker at ${brokerUrl} has no grants of yours.` };
+  const table = [
+    ['ID', 'STATE', 'SCOPES', 'TIME LEFT', 'ENDED'],
+    ...grants.map((grant, index) => [
+      grant.id,
+      highlightState(grant.state, ctx),
+      grant.scopes.join(','),
+      rows[index]?.timeLeft ?? '-',
       grant.endReason ?? '-',
     ]),
   ];
-  return { data: { grants }, human: renderTable(table) };
+  return { data: { grants }, rows, human: renderTable(table) };
 }
 
 /** States that need the user's attention stand out (colour only on a terminal; see Output). */
