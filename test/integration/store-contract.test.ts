@@ -218,6 +218,28 @@ for (const engine of [sqlite, postgres]) {
       assert.deepEqual(await store.listPrincipals(), [ada], 'a refused insert leaves nothing behind');
     });
 
+    it('keeps OIDC sessions by bearer hash with their claims, and forgets expired ones at the next exchange', async () => {
+      const { store } = await fresh();
+      const session = (id: string, hash: string, createdAt: number, expiresAt: number) => ({
+        sessionId: `ses_${id.padStart(20, '0')}`,
+        subject: 'ci:github:acme/train@refs/heads/main',
+        tokenHash: hash,
+        issuer: 'github',
+        claims: { repository: 'acme/train', ref: 'refs/heads/main', ref_protected: true, run_id: 42, aud: ['a', 'b'] },
+        createdAt,
+        expiresAt,
+      });
+      const early = session('1', 's1', T0, T0 + 60_000);
+      await store.addSession(early);
+      assert.deepEqual(await store.findSessionByTokenHash('s1'), early, 'claims come back with their JSON types');
+      assert.equal(await store.findSessionByTokenHash('s2'), undefined);
+      await assert.rejects(store.addSession(session('2', 's1', T0 + 1, T0 + 60_000)), 'a bearer hash is unique');
+      const later = session('3', 's3', T0 + 120_000, T0 + 180_000);
+      await store.addSession(later);
+      assert.equal(await store.findSessionByTokenHash('s1'), undefined, 'expired before the new one: forgotten');
+      assert.deepEqual(await store.findSessionByTokenHash('s3'), later);
+    });
+
     it('writes a token and its audit event together, or neither', async () => {
       const { store } = await fresh();
       const ada = principal();
