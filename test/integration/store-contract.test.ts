@@ -583,6 +583,11 @@ for (const engine of [sqlite, postgres]) {
         assert.equal(record.hash, recordHash(previous, record));
         previous = record.hash;
       }
+      assert.deepEqual(await store.readChain(0, 10), records, 'verify reads the same rows');
+      assert.deepEqual(
+        (await store.readChain(2, 2)).map((record) => record.position),
+        [3, 4],
+      );
       const head = await store.chainHead();
       assert.equal(head.position, 5);
       assert.equal(head.hash, previous);

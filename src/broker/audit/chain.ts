@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, createPublicKey, type KeyObject, sign, verify } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, hash, type KeyObject, sign, verify } from 'node:crypto';
 
 /**
  * The audit trail's proof (docs/audit.md#proof). Every sealed record carries
@@ -57,10 +57,9 @@ export function recordHash(previous: string, fields: ChainFields): string {
     fields.scope,
     fields.outcome,
   ]);
-  // `[...head fields, detail]` without re-serialising the detail text.
-  return createHash('sha256')
-    .update(`${previous}\n${head.slice(0, -1)},${fields.detail}]`)
-    .digest('hex');
+  // `[...head fields, detail]` without re-serialising the detail text. The one-shot hash() is
+  // 2-3x faster than createHash() on inputs this small: hashing is a third of verify's time.
+  return hash('sha256', `${previous}\n${head.slice(0, -1)},${fields.detail}]`, 'hex');
 }
 
 /** A signed statement that the chain's record at `position` has `hash`. */

@@ -13,7 +13,9 @@ import {
   auditRowFromRow,
   auditWhere,
   type BrokerStore,
+  CHAIN_COLUMNS,
   type ChainHead,
+  chainRowFromValues,
   checkpointFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
@@ -505,6 +507,17 @@ export class PostgresStore implements BrokerStore {
       query.limit,
     ]);
     return rows.map(auditRowFromRow);
+  }
+
+  /** Rows as arrays, from a statement each connection prepares once. */
+  async readChain(afterPosition: number, limit: number): Promise<AuditRow[]> {
+    const result = await this.#pool.query<unknown[]>({
+      name: 'jit-read-chain',
+      text: `SELECT ${CHAIN_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2`,
+      values: [afterPosition, limit],
+      rowMode: 'array',
+    });
+    return result.rows.map(chainRowFromValues);
   }
 
   async listCheckpoints(): Promise<Checkpoint[]> {

@@ -13,7 +13,9 @@ import {
   auditRowFromRow,
   auditWhere,
   type BrokerStore,
+  CHAIN_COLUMNS,
   type ChainHead,
+  chainRowFromValues,
   checkpointFromRow,
   type DeprovisionRecord,
   deprovisionFromRow,
@@ -391,6 +393,12 @@ export class SqliteStore implements BrokerStore {
     return this.#statement(`SELECT * FROM events WHERE ${where.join(' AND ')} ORDER BY position LIMIT ?`)
       .all(...params, query.limit)
       .map(auditRowFromRow);
+  }
+
+  async readChain(afterPosition: number, limit: number): Promise<AuditRow[]> {
+    const statement = this.#statement(`SELECT ${CHAIN_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?`);
+    statement.setReturnArrays(true);
+    return (statement.all(afterPosition, limit) as unknown as unknown[][]).map(chainRowFromValues);
   }
 
   async listCheckpoints(): Promise<Checkpoint[]> {

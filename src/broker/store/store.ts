@@ -293,6 +293,26 @@ export function auditRowFromRow(row: Record<string, unknown>): AuditRow {
   };
 }
 
+/** The columns a chain walk reads, in the order chainRowFromValues takes them. */
+export const CHAIN_COLUMNS = 'position, at, type, actor, subject, grant_id, scope, outcome, detail, hash';
+
+/** A row of CHAIN_COLUMNS read as an array (no per-row object of column names: verify reads millions). */
+export function chainRowFromValues(values: readonly unknown[]): AuditRow {
+  const [position, at, action, actor, subject, grantId, scope, outcome, detail, hash] = values;
+  return {
+    position: Number(position),
+    at: Number(at),
+    action: String(action),
+    actor: nullableString(actor),
+    subject: nullableString(subject),
+    grantId: nullableString(grantId),
+    scope: nullableString(scope),
+    outcome: String(outcome),
+    detail: String(detail),
+    hash: String(hash),
+  };
+}
+
 /** An event not sealed into the chain yet, in insertion order (`seq`). */
 export type UnsealedRow = Omit<ChainFields, 'position'> & { seq: number };
 
@@ -424,6 +444,11 @@ export interface BrokerStore {
   chainHead(): Promise<ChainHead>;
   /** Sealed records matching `query`, by position. */
   queryAudit(query: AuditQuery): Promise<AuditRow[]>;
+  /**
+   * Up to `limit` sealed records after `afterPosition`, by position: verify's read, unfiltered,
+   * which each engine does as cheaply as it can (queryAudit gives the same rows).
+   */
+  readChain(afterPosition: number, limit: number): Promise<AuditRow[]>;
   /** Every checkpoint, by position. */
   listCheckpoints(): Promise<Checkpoint[]>;
   /** How many events wait to be sealed, and when the oldest was written. */
