@@ -92,17 +92,26 @@ const QUIET_ERRORS = { outputError: () => {} };
 
 function addGlobalOptions(command: Command): void {
   // `jit login --broker URL` declares its own (the same meaning: the broker to use).
+  // The defaults' descriptions are for docs/cli.md (src/cli/reference.ts); the values stay unset,
+  // so the environment and the profile can fill them in (globalOptions).
   if (!command.options.some((option) => option.long === '--broker')) {
-    command.option('--broker <url>', 'the broker for this command, like JIT_BROKER_URL (env JIT_BROKER_URL)');
+    command.addOption(
+      new Option('--broker <url>', 'the broker for this command, like JIT_BROKER_URL (env JIT_BROKER_URL)').default(
+        undefined,
+        "`$JIT_BROKER_URL`, else the profile's",
+      ),
+    );
   }
   command
     .option('--json', 'print the result as one JSON document on stdout')
     .option('-v, --verbose', 'say more on stderr')
     .option('-q, --quiet', 'say less on stderr: results, warnings and errors only')
-    .option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)')
-    .option('--profile <name>', 'the local profile to use (env JIT_PROFILE)')
+    .addOption(new Option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)').default(true, 'colour on a terminal'))
+    .addOption(new Option('--profile <name>', 'the local profile to use (env JIT_PROFILE)').default(undefined, '`$JIT_PROFILE`, else `default`'))
     .addOption(
-      new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)').choices(KEYCHAIN_MODES),
+      new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)')
+        .choices(KEYCHAIN_MODES)
+        .default(undefined, '`$JIT_KEYCHAIN`, else `auto`'),
     );
 }
 
