@@ -4,11 +4,14 @@ import type { CommandDefinition } from '../command.ts';
 const SHELLS = ['bash', 'zsh', 'fish'] as const;
 type Shell = (typeof SHELLS)[number];
 
-/** One command word path ("" for jit itself, "broker token"), the words that may follow it, and its long flags. */
+/**
+ * One command word path ("" for jit itself, "broker token"), the words that may follow it (its
+ * subcommands, or the values its first argument allows), and its long flags with the values each allows.
+ */
 type Node = {
   path: string;
   subcommands: { name: string; description: string }[];
-  flags: { name: string; description: string; takesValue: boolean }[];
+  flags: { name: string; description: string; takesValue: boolean; values: readonly string[] }[];
 };
 
 export const completion: CommandDefinition = {
@@ -29,12 +32,27 @@ export const completion: CommandDefinition = {
 function walk(command: Command, path = ''): Node[] {
   const node: Node = {
     path,
-    subcommands: command.commands.map((sub) => ({ name: sub.name(), description: sub.description() })),
+    subcommands: [
+      ...command.commands.map((sub) => ({ name: sub.name(), description: sub.description() })),
+      ...(command.registeredArguments[0]?.argChoices ?? []).map((value) => ({
+        name: value,
+        description: command.registeredArguments[0]?.description ?? '',
+      })),
+    ],
     flags: [
       ...command.options.flatMap((option) =>
-        option.long ? [{ name: option.long, description: option.description, takesValue: option.required || option.optional }] : [],
+        option.long
+          ? [
+              {
+                name: option.long,
+                description: option.description,
+                takesValue: option.required || option.optional,
+                values: option.argChoices ?? [],
+              },
+            ]
+          : [],
       ),
-      { name: '--help', description: 'show help', takesValue: false },
+      { name: '--help', description: 'show help', takesValue: false, values: [] },
     ],
   };
   return [node, ...command.commands.flatMap((sub) => walk(sub, path ? `${path} ${sub.name()}` : sub.name()))];
@@ -53,6 +71,17 @@ function pathPatterns(nodes: Node[]): string {
     .join('|');
 }
 
+/** `case` branches on "PATH FLAG" (the command path and the word before the cursor) for the flags whose values are known. */
+function valueBranches(nodes: Node[], body: (values: readonly string[]) => string): string {
+  return nodes
+    .flatMap((node) =>
+      node.flags
+        .filter((flag) => flag.values.length > 0)
+        .map((flag) => `    ${quote(`${node.path} ${flag.name}`)}) ${body(flag.values)} ;;`),
+    )
+    .join('\n');
+}
+
 const SCRIPTS: Record<Shell, (nodes: Node[]) => string> = {
   bash: (nodes) => `# bash completion for jit. Load it with: source <(jit completion bash)
 _jit() {
@@ -64,6 +93,9 @@ _jit() {
       ${pathPatterns(nodes)}) cmdpath="\${cmdpath:+$cmdpath }$word" ;;
     esac
   done
+  case "$cmdpath \${COMP_WORDS[COMP_CWORD - 1]}" in
+${valueBranches(nodes, (values) => `mapfile -t COMPREPLY < <(compgen -W ${quote(values.join(' '))} -- "$cur"); return 0`)}
+  esac
   case "$cmdpath" in
 ${nodes
   .map(
@@ -94,6 +126,9 @@ _jit() {
       ${pathPatterns(nodes)}) cmdpath="\${cmdpath:+$cmdpath }$word" ;;
     esac
   done
+  case "$cmdpath \${words[CURRENT - 1]}" in
+${valueBranches(nodes, (values) => `compadd -- ${values.map(quote).join(' ')}; return`)}
+  esac
   case "$cmdpath" in
 ${nodes
   .map((node) => {
@@ -120,7 +155,7 @@ function __jit_path
     set -l cmdpath
     for word in (commandline -opc)[2..-1]
         test "$word" = '--'; and break
-        switch (string join ' ' $cmdpath $word)
+        switch (string join -- ' ' $cmdpath $word)
             case ${nodes
               .filter((node) => node.path !== '')
               .map((node) => quote(node.path))
@@ -128,7 +163,7 @@ function __jit_path
                 set cmdpath $cmdpath $word
         end
     end
-    string join ' ' $cmdpath
+    string join -- ' ' $cmdpath
 end
 
 function __jit_at
@@ -142,7 +177,8 @@ ${nodes
     return [
       ...node.subcommands.map((sub) => `complete -c jit ${at} -f -a ${quote(sub.name)} -d ${quote(sub.description)}`),
       ...node.flags.map(
-        (flag) => `complete -c jit ${at} -l ${quote(flag.name.slice(2))}${flag.takesValue ? ' -r' : ''} -d ${quote(flag.description)}`,
+        (flag) =>
+          `complete -c jit ${at} -l ${quote(flag.name.slice(2))}${flag.takesValue ? ' -r' : ''}${flag.values.length > 0 ? ` -f -a ${quote(flag.values.join(' '))}` : ''} -d ${quote(flag.description)}`,
       ),
     ];
   })
