@@ -6,7 +6,7 @@
 // Targets: large-object throughput at least 80% of the bare server's; authorization overhead
 // (gateway time per request minus the bare server's) under 0.2 ms. Written to docs/benchmarks.md.
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -16,9 +16,10 @@ import { DatabaseSync } from 'node:sqlite';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { IssuedGrant } from '../../src/core/grant.ts';
-import { BIN, ROOT, testEnv } from '../helpers/cli.ts';
-import { type ProfileSummary, type Share, summarizeProfile } from './profile.ts';
+import { ROOT, testEnv } from '../helpers/cli.ts';
+import type { ProfileSummary } from './profile.ts';
 import { machineLine, ms, stats, writeSection } from './report.ts';
+import { alternate, issueGrant, keepAlive, median, percent, profileBroker, range, shareRows } from './rounds.ts';
 import { initBrokerDir, type Server, startBroker, startServer, stopServer } from './servers.ts';
 
 const LARGE_MIB = Number(process.env.JIT_BENCH_LARGE_MIB ?? 256);
@@ -56,17 +57,6 @@ async function writeObjects(root: string): Promise<void> {
       }),
     );
   }
-}
-
-/** A read grant on `datasets/bench` from the broker, as `jit request` would get one. */
-async function issueGrant(broker: Server, token: string): Promise<IssuedGrant> {
-  const response = await fetch(`${broker.url}/v1/grants`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ scopes: ['datasets/bench'], reason: 'bench:gateway', heartbeat: false }),
-  });
-  if (response.status !== 201) throw new Error(`POST /v1/grants: HTTP ${response.status}: ${await response.text()}`);
-  return (await response.json()) as IssuedGrant;
 }
 
 /** Presigned GET URLs (path and query) for every object, signed with the grant's S3 keys as a job's SDK would. */
@@ -161,25 +151,14 @@ async function smallRound(target: Target, count = target.smallPaths.length): Pro
   };
 }
 
-/** Rounds that alternate between the two targets, and which goes first, so that a burst of load falls on both. */
-async function alternate<T>(rounds: number, targets: [Target, Target], measure: (target: Target) => Promise<T>): Promise<[T[], T[]]> {
-  const results: [T[], T[]] = [[], []];
-  for (let round = 0; round < rounds; round++) {
-    const order = round % 2 === 0 ? [0, 1] : [1, 0];
-    for (const index of order) results[index as 0 | 1].push(await measure(targets[index as 0 | 1]));
-  }
-  return results;
-}
-
 function target(name: string, server: Server, largePath: string, smallPaths: string[]): Target {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-  return { name, server, port: Number(new URL(server.url).port), agent, largePath, smallPaths };
+  return { name, server, ...keepAlive(server, CONCURRENCY), largePath, smallPaths };
 }
 
 type Profiled = { small: ProfileSummary; large: ProfileSummary; largeGets: number };
 
 /** A broker under `node --cpu-prof`: one pass of the small objects, then two GETs of the large one; its profile of each. */
-async function profileBroker(
+async function profileGateway(
   brokerDir: string,
   env: NodeJS.ProcessEnv,
   profileDir: string,
@@ -187,33 +166,21 @@ async function profileBroker(
   largePath: string,
   paths: string[],
 ): Promise<Profiled> {
-  const spawned = performance.now();
+  const largeGets = 2;
   // The same port as the measured broker's: the presigned URLs signed its host and port.
-  const server = await startServer(
-    'broker under --cpu-prof',
-    ['--cpu-prof', '--cpu-prof-dir', profileDir, BIN, 'broker', 'start', '--dir', brokerDir, '--port', String(port)],
-    env,
-  );
-  const profiled = target('broker under --cpu-prof', server, largePath, paths);
-  try {
-    const smallFrom = performance.now() - spawned;
-    await smallRound(profiled);
-    const smallTo = performance.now() - spawned;
-    const largeGets = 2;
-    for (let get = 0; get < largeGets; get++) await largeRound(profiled);
-    const largeTo = performance.now() - spawned;
-    profiled.agent.destroy();
-    await stopServer(server);
-    const [file] = readdirSync(profileDir).filter((name) => name.endsWith('.cpuprofile'));
-    if (!file) throw new Error(`no CPU profile in ${profileDir}`);
-    // The profile starts as the process does, a little after the spawn: trim each window's edges.
-    const window = (fromMs: number, toMs: number) =>
-      summarizeProfile(path.join(profileDir, file), { fromMs: fromMs + 50, toMs: toMs - 50 });
-    return { small: await window(smallFrom, smallTo), large: await window(smallTo, largeTo), largeGets };
-  } finally {
-    profiled.agent.destroy();
-    await stopServer(server);
-  }
+  const profile = await profileBroker({ brokerDir, env, profileDir, port }, async (server, sinceSpawn) => {
+    const profiled = target('broker under --cpu-prof', server, largePath, paths);
+    try {
+      const smallFrom = sinceSpawn();
+      await smallRound(profiled);
+      const smallTo = sinceSpawn();
+      for (let get = 0; get < largeGets; get++) await largeRound(profiled);
+      return { small: [smallFrom, smallTo] as [number, number], large: [smallTo, sinceSpawn()] as [number, number] };
+    } finally {
+      profiled.agent.destroy();
+    }
+  });
+  return { ...profile, largeGets };
 }
 
 /** Audit events the broker recorded for the grant, by type (read from its SQLite store after it stopped). */
@@ -230,12 +197,7 @@ function auditCounts(brokerDir: string, grantId: string): Map<string, number> {
   }
 }
 
-const range = (values: number[], digits: number) => `${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)}`;
-const median = (values: number[]) => stats(values).median;
-const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
 const pooled = (rounds: SmallRound[]) => stats(rounds.flatMap((round) => [...round.latencies]));
-const shareRows = (shares: Share[]) =>
-  shares.map((share) => `| ${percent(share.share)} | ${share.label.replaceAll('|', '\\|')} |`).join('\n');
 
 /** Untracked files under src/ (git status does not count them as changes, but they are what ran). */
 function untrackedSources(): string[] {
@@ -267,7 +229,7 @@ async function run(): Promise<string> {
     servers.push(staticServer);
     const broker = await startBroker('broker', brokerDir, env);
     servers.push(broker);
-    const grant = await issueGrant(broker, token);
+    const grant = await issueGrant(broker, token, ['datasets/bench'], 'bench:gateway');
     const keys = [LARGE_KEY, ...Array.from({ length: SMALL_OBJECTS }, (_, index) => smallKey(index))];
     const signed = await presign(grant, keys);
     const [largeSigned = '', ...smallSigned] = signed.paths;
@@ -294,7 +256,7 @@ async function run(): Promise<string> {
     await stopServer(broker);
 
     const profileDir = path.join(workdir, 'profile');
-    const profile = await profileBroker(brokerDir, env, profileDir, gateway.port, largeSigned, smallSigned);
+    const profile = await profileGateway(brokerDir, env, profileDir, gateway.port, largeSigned, smallSigned);
     const audit = auditCounts(brokerDir, grant.id);
     const gatewayRequests =
       1 + Math.min(1000, SMALL_OBJECTS) + LARGE_ROUNDS + SMALL_ROUNDS * SMALL_OBJECTS + SMALL_OBJECTS + profile.largeGets;

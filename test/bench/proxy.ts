@@ -6,16 +6,15 @@
 // time; then one more pass against a broker under `node --cpu-prof`, to say where its time goes.
 // Target: under 1 ms added latency at the median. Written to docs/benchmarks.md.
 import { randomBytes } from 'node:crypto';
-import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { IssuedGrant } from '../../src/core/grant.ts';
-import { BIN, ROOT, testEnv } from '../helpers/cli.ts';
-import { type ProfileSummary, type Share, summarizeProfile } from './profile.ts';
+import { ROOT, testEnv } from '../helpers/cli.ts';
+import type { ProfileSummary } from './profile.ts';
 import { machineLine, stats, writeSection } from './report.ts';
+import { alternate, issueGrant, keepAlive, median, percent, profileBroker, range as rangeOf, shareRows } from './rounds.ts';
 import { initBrokerDir, type Server, startBroker, startServer, stopServer } from './servers.ts';
 
 const REQUESTS = Number(process.env.JIT_BENCH_REQUESTS ?? 3000);
@@ -85,23 +84,8 @@ async function round(target: Target, count: number, concurrency: number): Promis
   return { perSecond: (count * 1000) / elapsed, p50: latency.median, p99: latency.p99 };
 }
 
-/** Rounds that alternate between the two targets, and which goes first, so that a burst of load falls on both. */
-async function alternate(
-  rounds: number,
-  targets: [Target, Target],
-  measure: (target: Target) => Promise<Round>,
-): Promise<[Round[], Round[]]> {
-  const results: [Round[], Round[]] = [[], []];
-  for (let index = 0; index < rounds; index++) {
-    const order = index % 2 === 0 ? [0, 1] : [1, 0];
-    for (const at of order) results[at as 0 | 1].push(await measure(targets[at as 0 | 1]));
-  }
-  return results;
-}
-
 function target(name: string, server: Server, requestPath: string, key: string): Target {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-  return { name, port: Number(new URL(server.url).port), path: requestPath, key, agent };
+  return { name, ...keepAlive(server, CONCURRENCY), path: requestPath, key };
 }
 
 /** An http resource `models` on the upstream, and a rule that lets the admin POST embeddings to it. */
@@ -131,41 +115,20 @@ async function addModelsApi(brokerDir: string, upstream: Server): Promise<void> 
   await writeFile(file, yaml);
 }
 
-/** A grant on `models:POST /v1/embeddings`, as `jit run --scope` would get one. */
-async function issueGrant(broker: Server, token: string): Promise<IssuedGrant> {
-  const response = await fetch(`${broker.url}/v1/grants`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ scopes: [`models:POST ${CALL}`], reason: 'bench:proxy', heartbeat: false }),
-  });
-  if (response.status !== 201) throw new Error(`POST /v1/grants: HTTP ${response.status}: ${await response.text()}`);
-  return (await response.json()) as IssuedGrant;
-}
-
 /** A broker under `node --cpu-prof` on the same directory: one round at CONCURRENCY; its profile of that round. */
-async function profileBroker(brokerDir: string, env: NodeJS.ProcessEnv, profileDir: string, key: string): Promise<ProfileSummary> {
-  const spawned = performance.now();
-  const server = await startServer(
-    'broker under --cpu-prof',
-    ['--cpu-prof', '--cpu-prof-dir', profileDir, BIN, 'broker', 'start', '--dir', brokerDir, '--port', '0'],
-    env,
-  );
-  const profiled = target('broker under --cpu-prof', server, `/proxy/models${CALL}`, key);
-  try {
-    await round(profiled, 1000, CONCURRENCY);
-    const from = performance.now() - spawned;
-    await round(profiled, REQUESTS, CONCURRENCY);
-    const to = performance.now() - spawned;
-    profiled.agent.destroy();
-    await stopServer(server);
-    const [file] = readdirSync(profileDir).filter((name) => name.endsWith('.cpuprofile'));
-    if (!file) throw new Error(`no CPU profile in ${profileDir}`);
-    // The profile starts as the process does, a little after the spawn: trim the window's edges.
-    return await summarizeProfile(path.join(profileDir, file), { fromMs: from + 50, toMs: to - 50 });
-  } finally {
-    profiled.agent.destroy();
-    await stopServer(server);
-  }
+async function profileProxy(brokerDir: string, env: NodeJS.ProcessEnv, profileDir: string, key: string): Promise<ProfileSummary> {
+  const { round: profile } = await profileBroker({ brokerDir, env, profileDir, port: 0 }, async (server, sinceSpawn) => {
+    const profiled = target('broker under --cpu-prof', server, `/proxy/models${CALL}`, key);
+    try {
+      await round(profiled, 1000, CONCURRENCY);
+      const from = sinceSpawn();
+      await round(profiled, REQUESTS, CONCURRENCY);
+      return { round: [from, sinceSpawn()] as [number, number] };
+    } finally {
+      profiled.agent.destroy();
+    }
+  });
+  return profile;
 }
 
 type Figures = {
@@ -189,7 +152,7 @@ async function run(): Promise<Figures> {
     await addModelsApi(brokerDir, upstream);
     const broker = await startBroker('broker', brokerDir, env);
     servers.push(broker);
-    const grant = await issueGrant(broker, token);
+    const grant = await issueGrant(broker, token, [`models:POST ${CALL}`], 'bench:proxy');
     const baseUrl = new URL(grant.env.MODELS_BASE_URL ?? '');
     const key = grant.env.MODELS_API_KEY ?? '';
     const pair: [Target, Target] = [
@@ -207,7 +170,7 @@ async function run(): Promise<Figures> {
     for (const each of targets) each.agent.destroy();
     await stopServer(broker);
 
-    const profile = await profileBroker(brokerDir, env, path.join(workdir, 'profile'), key);
+    const profile = await profileProxy(brokerDir, env, path.join(workdir, 'profile'), key);
     return { loaded, serial, profile, measureSeconds };
   } finally {
     for (const each of targets) each.agent.destroy();
@@ -217,11 +180,7 @@ async function run(): Promise<Figures> {
   }
 }
 
-const median = (values: number[]) => stats(values).median;
-const range = (values: number[], digits: number) => `${Math.min(...values).toFixed(digits)} to ${Math.max(...values).toFixed(digits)}`;
-const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
-const shareRows = (shares: Share[]) =>
-  shares.map((share) => `| ${percent(share.share)} | ${share.label.replaceAll('|', '\\|')} |`).join('\n');
+const range = (values: number[], digits: number) => rangeOf(values, digits, ' to ');
 
 /** Each round's proxy figure minus the direct figure of the same round. */
 const added = ([direct, proxied]: [Round[], Round[]], pick: (round: Round) => number) =>

@@ -3,13 +3,13 @@
 // authentication, no audit, no ETag, no ranges. Usage: node test/bench/static-server.ts ROOT
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import http from 'node:http';
 import path from 'node:path';
+import { serveOnLoopback } from './loopback-server.ts';
 
 if (!process.argv[2]) throw new Error('usage: static-server.ts ROOT');
 const root = path.resolve(process.argv[2]);
 
-const server = http.createServer(async (request, response) => {
+serveOnLoopback(async (request, response) => {
   const relative = decodeURIComponent((request.url ?? '/').split('?')[0] ?? '/');
   const file = path.join(root, relative);
   // A benchmark fixture, but on loopback all the same: nothing outside ROOT.
@@ -24,12 +24,4 @@ const server = http.createServer(async (request, response) => {
   }
   response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': stats.size });
   createReadStream(file).pipe(response);
-});
-server.listen(0, '127.0.0.1', () => {
-  const address = server.address();
-  process.stdout.write(`listening on http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}\n`);
-});
-process.once('SIGTERM', () => {
-  server.close();
-  server.closeAllConnections();
 });

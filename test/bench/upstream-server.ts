@@ -3,7 +3,7 @@
 // body to its end and answers a small JSON body; anything else is a 401 or a 404. No framework, no
 // logging: what it costs is the same whether the call came directly or through the broker.
 // Usage: JIT_BENCH_UPSTREAM_KEY=... node test/bench/upstream-server.ts
-import http from 'node:http';
+import { serveOnLoopback } from './loopback-server.ts';
 
 const key = process.env.JIT_BENCH_UPSTREAM_KEY;
 if (!key) throw new Error('upstream-server.ts needs JIT_BENCH_UPSTREAM_KEY');
@@ -17,7 +17,7 @@ const ANSWER = JSON.stringify({
   usage: { prompt_tokens: 4, total_tokens: 4 },
 });
 
-const server = http.createServer((request, response) => {
+serveOnLoopback((request, response) => {
   if (request.headers.authorization !== expected) {
     request.resume();
     response.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"bad key"}');
@@ -36,12 +36,4 @@ const server = http.createServer((request, response) => {
     if (bytes === 0) response.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"empty body"}');
     else response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(ANSWER) }).end(ANSWER);
   });
-});
-server.listen(0, '127.0.0.1', () => {
-  const address = server.address();
-  process.stdout.write(`listening on http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}\n`);
-});
-process.once('SIGTERM', () => {
-  server.close();
-  server.closeAllConnections();
 });
