@@ -18,11 +18,13 @@ const ROUNDS = Number(process.env.JIT_BENCH_ROUNDS ?? 20);
 const NODE = process.execPath;
 const DOTENV = path.join(ROOT, 'node_modules', 'dotenv-cli', 'cli.js');
 
-type Subject = { name: string; command: string; args: string[] };
+/** A command to time; `env` adds to the shared environment for it alone. */
+type Subject = { name: string; command: string; args: string[]; env?: NodeJS.ProcessEnv };
 type Target = { what: string; measured: Subject; baseline: Subject; within: number };
 
 /** Runs a command to completion with its output discarded; its wall time in ms. Rejects on a non-zero exit. */
-function timeOnce({ command, args }: Subject, env: NodeJS.ProcessEnv): Promise<number> {
+function timeOnce({ command, args, env: own }: Subject, shared: NodeJS.ProcessEnv): Promise<number> {
+  const env = own ? { ...shared, ...own } : shared;
   return new Promise((resolve, reject) => {
     const started = performance.now();
     const child = spawn(command, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -93,7 +95,10 @@ try {
     command: NODE,
     args: [BIN, 'run', '--scope', 'datasets/train', '--', 'true'],
   };
-  const subjects = [bareNode, version, grants, dotenv, run];
+  // What the first command after an install or an upgrade pays: no compile cache to read
+  // (bin/jit.js keeps one per user; every other jit row reads it, filled by the warm-up).
+  const coldRun: Subject = { ...run, name: `${run.name}, no compile cache`, env: { NODE_DISABLE_COMPILE_CACHE: '1' } };
+  const subjects = [bareNode, version, grants, dotenv, run, coldRun];
   const samples = await measureRounds(subjects, env);
   const load = machineLine();
 
@@ -111,7 +116,8 @@ try {
 ${load} Keychain: ${keychain === 'memory' ? 'memory (`--keychain memory`; no OS keychain in this session)' : `the OS keychain through ${keychain} (gnome-keyring under D-Bus)`}.
 ${ROUNDS} rounds after one warm-up of each command; every round runs each command once, in turn, starting one
 later each round. All run on the same Node (${process.version}, \`process.execPath\`), jit as \`bin/jit.js\` from the
-checkout (TypeScript stripped at load), dotenv-cli as its \`cli.js\`. \`jit run\` talks to a \`jit broker start\`
+checkout (its TypeScript stripped and compiled once, then read from Node's compile cache, which bin/jit.js
+keeps per user and the warm-up fills; the last row runs without it), dotenv-cli as its \`cli.js\`. \`jit run\` talks to a \`jit broker start\`
 child process on loopback (SQLite): it requests a grant, keeps the credential in the keychain, spawns \`true\`,
 then revokes the grant and wipes the credential.
 
