@@ -444,6 +444,11 @@ function checkApproval(
     issue(['approvers'], 'an approval rule needs approvers (user:NAME or group:NAME)');
     return;
   }
+  const ci = approval.approvers.findIndex((approver) => approver.startsWith('ci:'));
+  if (ci !== -1) {
+    issue(['approvers', ci], 'an approver is user:NAME or group:NAME (a CI identity has the requester role only)');
+    return;
+  }
   const expand = (subjects: string[]) =>
     new Set(subjects.flatMap((subject) => (subject.startsWith('group:') ? (groups[subject.slice('group:'.length)] ?? []) : [subject])));
   const approvers = expand(approval.approvers);

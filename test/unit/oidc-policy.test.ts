@@ -110,6 +110,10 @@ describe('oidc.issuers in broker.yaml', () => {
     );
     refuses(issuer('      sessionTtl: 2d\n'), /a session lasts at most 1d/);
     refuses(`${issuer('')}    - name: github\n      issuer: https://gitlab.com\n      audience: x\n`, /duplicate name "github"/);
+    refuses(
+      `${HEADER}policy:\n  rules:\n    - name: ci\n      subjects: ["user:ana"]\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n      approval: { approvers: ["ci:github:**"] }\n`,
+      /policy\.rules\.0\.approval\.approvers\.0: an approver is user:NAME or group:NAME \(a CI identity has the requester role only\)/,
+    );
   });
 
   it('jit policy explain --issuer makes the subject from the claims and applies the session TTL', async () => {
