@@ -70,7 +70,8 @@ export function buildProgram(
     const words = definition.path.split(' ');
     let parent = program;
     for (const word of words.slice(0, -1)) {
-      let group = groups.get(word);
+      // A command can also hold others (`jit audit`, `jit audit verify`).
+      let group = groups.get(word) ?? parent.commands.find((existing) => existing.name() === word);
       if (!group) {
         group = parent.command(word).description(`${word} commands`).exitOverride().configureOutput(QUIET_ERRORS);
         groups.set(word, group);
@@ -106,8 +107,12 @@ function addGlobalOptions(command: Command): void {
     .option('--json', 'print the result as one JSON document on stdout')
     .option('-v, --verbose', 'say more on stderr')
     .option('-q, --quiet', 'say less on stderr: results, warnings and errors only')
-    .addOption(new Option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)').default(true, 'colour on a terminal'))
-    .addOption(new Option('--profile <name>', 'the local profile to use (env JIT_PROFILE)').default(undefined, '`$JIT_PROFILE`, else `default`'))
+    .addOption(
+      new Option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)').default(true, 'colour on a terminal'),
+    )
+    .addOption(
+      new Option('--profile <name>', 'the local profile to use (env JIT_PROFILE)').default(undefined, '`$JIT_PROFILE`, else `default`'),
+    )
     .addOption(
       new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)')
         .choices(KEYCHAIN_MODES)

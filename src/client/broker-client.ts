@@ -1,9 +1,17 @@
 import type { Got, HTTPError, RequestError } from 'got';
+import type { AuditRecord, VerifyReport } from '../core/audit.ts';
 import type { Role } from '../core/caller.ts';
 import { AuthError, BrokerUnreachableError, errorFromHttp, JitError } from '../core/errors.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../core/grant.ts';
 import type { CreatedToken, TokenRequest, TokenRevocation, TokenView } from '../core/token.ts';
 import { canonicalUrl } from '../core/url.ts';
+
+/** One page of GET /v1/audit; `next` is the cursor (`after`) of the following page, null on the last. */
+export type AuditPage = { records: AuditRecord[]; next: number | null };
+
+function definedOnly(values: Record<string, string | number | undefined>): Record<string, string> {
+  return Object.fromEntries(Object.entries(values).flatMap(([key, value]) => (value === undefined ? [] : [[key, String(value)]])));
+}
 
 /** What POST /v1/auth/oidc answers; `session` is the bearer, shown in this response only. */
 export type OidcSessionView = { session: string; sessionId: string; subject: string; issuer: string; roles: Role[]; expiresAt: string };
@@ -116,6 +124,57 @@ export class BrokerClient {
 
   revokeToken(tokenId: string): Promise<TokenRevocation> {
     return this.#authed((http) => http.delete(`tokens/${encodeURIComponent(tokenId)}`).json());
+  }
+
+  /** One page of the audit trail (docs/api.md#audit): filters as GET /v1/audit takes them. */
+  queryAudit(filters: Record<string, string | number | undefined>): Promise<AuditPage> {
+    return this.#authed((http) => http.get('audit', { searchParams: definedOnly(filters) }).json());
+  }
+
+  /** The broker re-computes its whole chain: slow on a big trail, hence the long timeout. */
+  verifyAudit(): Promise<VerifyReport> {
+    return this.#authed((http) => http.get('audit/verify', { timeout: { request: 10 * 60_000 }, retry: { limit: 0 } }).json());
+  }
+
+  auditKey(): Promise<{ keyId: string; algorithm: string; publicKey: string }> {
+    return this.#authed((http) => http.get('audit/key').json());
+  }
+
+  /**
+   * Opens GET /v1/audit/stream (server-sent events), resuming after `lastEventId` when given.
+   * The body is the raw event stream (client/sse.ts reads it); a refusal is a typed JitError.
+   */
+  async openAuditStream(
+    filters: Record<string, string | number | undefined>,
+    lastEventId: number | undefined,
+    signal: AbortSignal,
+  ): Promise<ReadableStream<Uint8Array>> {
+    if (!this.#hasToken) throw new AuthError(`not logged in to ${this.brokerUrl}`);
+    const query = new URLSearchParams(definedOnly(filters)).toString();
+    let response: Response;
+    try {
+      response = await fetch(`${this.brokerUrl}/v1/audit/stream${query ? `?${query}` : ''}`, {
+        headers: {
+          accept: 'text/event-stream',
+          'user-agent': 'jit-cli',
+          authorization: `Bearer ${this.#options.token}`,
+          ...(lastEventId === undefined ? {} : { 'last-event-id': String(lastEventId) }),
+        },
+        signal,
+      });
+    } catch (error) {
+      if (signal.aborted) throw error;
+      const cause = (error as { cause?: { code?: string } }).cause;
+      throw new BrokerUnreachableError(`cannot reach the broker at ${this.brokerUrl} (${cause?.code ?? (error as Error).message})`, {
+        hint: 'check that it is running and that the URL (jit login --broker, JIT_BROKER_URL) is right',
+        cause: error,
+      });
+    }
+    if (!response.ok || !response.body) {
+      const problem = (await response.json().catch(() => undefined)) as { code?: string; detail?: string; hint?: string } | undefined;
+      throw errorFromHttp(response.status, problem && { code: problem.code, message: problem.detail, hint: problem.hint });
+    }
+    return response.body;
   }
 
   #authed<T>(call: (http: Got) => Promise<T>): Promise<T> {

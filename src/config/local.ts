@@ -43,9 +43,14 @@ export type LocalGrant = {
   state: LocalGrantState;
 };
 
+/** The head of a broker's audit chain as `jit audit verify` last verified it: a later, shorter or different chain is a rollback. */
+export type VerifiedHead = { position: number; hash: string; at: string };
+
 type Schema = {
   profiles: Record<string, Profile>;
   grants: Record<string, LocalGrant>;
+  /** Broker URL -> the audit chain head last verified from here (docs/audit.md#verify). */
+  verified: Record<string, VerifiedHead>;
 };
 
 export class LocalConfig {
@@ -57,13 +62,21 @@ export class LocalConfig {
       projectSuffix: '',
       configName: 'config',
       configFileMode: 0o600,
-      defaults: { profiles: {}, grants: {} },
+      defaults: { profiles: {}, grants: {}, verified: {} },
       ...(directory ? { cwd: directory } : {}),
     });
   }
 
   get path(): string {
     return this.#conf.path;
+  }
+
+  verifiedHead(brokerUrl: string): VerifiedHead | undefined {
+    return this.#conf.get('verified')?.[brokerUrl];
+  }
+
+  setVerifiedHead(brokerUrl: string, head: VerifiedHead): void {
+    this.#locked(() => this.#conf.set('verified', { ...this.#conf.get('verified'), [brokerUrl]: head }));
   }
 
   /** Every profile by name, sorted by name. */

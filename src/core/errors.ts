@@ -14,6 +14,7 @@ export const ExitCode = {
   keychain: 7,
   conflict: 8,
   pending: 9,
+  tampered: 10,
   cannotRun: 126,
   commandNotFound: 127,
 } as const;
@@ -132,5 +133,12 @@ export function errorFromHttp(status: number, body: { code?: string; message?: s
         body?.code ?? 'broker_error',
         options,
       );
+  }
+}
+
+/** `jit audit verify`: the audit chain was edited, cut or replaced (docs/audit.md#verify). */
+export class TamperedError extends JitError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, ExitCode.tampered, 409, 'audit_tampered', options);
   }
 }

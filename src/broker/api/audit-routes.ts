@@ -116,6 +116,11 @@ export function registerAuditRoutes(
   },
 ): void {
   const { audit, caller } = options;
+  // Live streams never end on their own: a closing broker ends them, or app.close() would wait forever.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    for (const close of streams) close();
+  });
 
   app.get('/v1/audit', { schema: { querystring: auditQuerySchema } }, async (request) => {
     const { limit: given, ...filters } = request.query as Filters & { limit?: string };
@@ -167,6 +172,7 @@ export function registerAuditRoutes(
     };
     raw.on('close', close);
     raw.on('error', close);
+    streams.add(close);
     const send = (record: AuditRecord) => raw.write(`id: ${record.seq}\nevent: audit\ndata: ${JSON.stringify(record)}\n\n`);
     try {
       while (open) {
@@ -190,6 +196,7 @@ export function registerAuditRoutes(
     } finally {
       clearInterval(keepalive);
       stopListening();
+      streams.delete(close);
       raw.end();
     }
   });

@@ -1,22 +1,10 @@
+import type { AuditRecord } from '../../core/audit.ts';
 import type { Clock } from '../grants/service.ts';
 import type { AuditEvent, AuditQuery, AuditRow, BrokerStore, ChainHead, SealPlan, UnsealedRow } from '../store/store.ts';
 import { type AlertRules, Alerts } from './alerts.ts';
 import { canonicalDetail, GENESIS, recordHash, type SigningKey, signCheckpoint } from './chain.ts';
 
-/** One audit record as the API, `jit audit` and the export sinks show it (docs/audit.md#records). */
-export type AuditRecord = {
-  /** Position in the hash chain: 1, 2, 3, ... with no gaps, the same on every replica. */
-  seq: number;
-  at: string;
-  action: string;
-  actor: string | null;
-  subject: string | null;
-  grant: string | null;
-  scope: string | null;
-  outcome: string;
-  details: Record<string, unknown>;
-  hash: string;
-};
+export type { AuditRecord };
 
 export function toRecord(row: AuditRow): AuditRecord {
   return {

@@ -1,28 +1,9 @@
 import type { KeyObject } from 'node:crypto';
+import type { ChainProblem, VerifyReport } from '../../core/audit.ts';
 import type { BrokerStore } from '../store/store.ts';
 import { type ChainFields, type Checkpoint, checkpointSigned, GENESIS, recordHash } from './chain.ts';
 
-/** What tampering (or damage) a verification found first (docs/audit.md#verify). */
-export type ChainProblem = {
-  kind: 'altered' | 'missing' | 'rewritten' | 'truncated' | 'bad-signature' | 'untrusted-key' | 'out-of-order';
-  /** The first record that does not verify (for truncation: the last checkpoint's position). */
-  position: number;
-  message: string;
-};
-
-export type VerifyReport = {
-  ok: boolean;
-  /** Records verified before the first problem (all of them when ok). */
-  records: number;
-  /** The last checkpoint the verified records reach, or null when none does yet. */
-  checkpoint: { position: number; at: string; keyId: string; hash: string } | null;
-  head: { position: number; hash: string } | null;
-  problem: ChainProblem | null;
-  /** Events appended but not sealed into the chain yet (not covered by this verification). */
-  unsealed: number;
-  /** Records checked per second (the `verify` figure of npm run bench:audit). */
-  elapsedMs: number;
-};
+export type { ChainProblem, VerifyReport };
 
 /**
  * Walks a chain record by record: each must follow the previous position, hash to its stored

@@ -667,7 +667,11 @@ export class GrantService {
 
   /** One data touch (or refusal) on the audit trail: `data.read`, `data.write`, `data.delete`, `data.refused`. */
   async recordDataAccess(grant: GrantRecord, detail: Record<string, unknown>, type = 'data.read', source?: string): Promise<void> {
-    await this.#audit(type, grant, source ? { ...detail, source } : detail);
+    // A touch that failed (no such file, upstream error) is an error on the trail, not a success.
+    const failed =
+      (typeof detail.outcome === 'string' && detail.outcome !== 'allowed') || (typeof detail.status === 'number' && detail.status >= 400);
+    const outcome = type === 'data.refused' ? 'denied' : failed ? 'error' : 'ok';
+    await this.#audit(type, grant, source ? { ...detail, source } : detail, outcome);
   }
 
   /**
@@ -803,7 +807,7 @@ export class GrantService {
     return grant;
   }
 
-  async #audit(type: string, grant: GrantRecord, detail: Record<string, unknown>): Promise<void> {
-    await this.#store.appendEvent(aboutGrant(grant, this.#clock.now(), { type, detail }));
+  async #audit(type: string, grant: GrantRecord, detail: Record<string, unknown>, outcome?: string): Promise<void> {
+    await this.#store.appendEvent({ ...aboutGrant(grant, this.#clock.now(), { type, detail }), ...(outcome ? { outcome } : {}) });
   }
 }

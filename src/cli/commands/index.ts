@@ -1,6 +1,7 @@
 import type { CommandDefinition } from '../command.ts';
 import { approvals } from './approvals.ts';
 import { approve } from './approve.ts';
+import { audit, auditVerify } from './audit.ts';
 import { brokerCheckConfig } from './broker-check-config.ts';
 import { brokerInit } from './broker-init.ts';
 import { brokerOpenapi } from './broker-openapi.ts';
@@ -21,6 +22,7 @@ import { renew } from './renew.ts';
 import { request } from './request.ts';
 import { revoke } from './revoke.ts';
 import { run } from './run.ts';
+import { watch } from './watch.ts';
 import { whoami } from './whoami.ts';
 
 /** Every command jit has, in the order `jit --help` lists them. */
@@ -37,6 +39,9 @@ export const COMMANDS: readonly CommandDefinition[] = [
   approvals,
   approve,
   deny,
+  audit,
+  auditVerify,
+  watch,
   brokerInit,
   brokerStart,
   brokerOpenapi,

@@ -1,0 +1,164 @@
+import { Option } from 'commander';
+import type { AuditRecord, VerifyReport } from '../../core/audit.ts';
+import { TamperedError, UsageError } from '../../core/errors.ts';
+import { colourOutcome, filtersFrom, parseTime, summarize } from '../audit-render.ts';
+import type { CommandDefinition } from '../command.ts';
+import type { Context } from '../context.ts';
+import { renderTable } from '../table.ts';
+
+const PAGE = 1000;
+
+export const audit: CommandDefinition = {
+  path: 'audit',
+  summary: 'query the audit trail: who asked for what, what was decided, touched, revoked (auditor role, or your own records)',
+  define: (command) =>
+    command
+      .option('--grant <id>', "one grant's records")
+      .option('--subject <subject>', "records about a subject's grants and tokens (user:ana, ci:github:org/repo@refs/heads/main)")
+      .option('--actor <actor>', 'records of what this actor did (a user, a CI identity, or system)')
+      .option('--action <action>', 'an action (grant.revoked), or a family (data.*, alert.*)')
+      .addOption(new Option('--outcome <outcome>', 'only this outcome').choices(['ok', 'pending', 'denied', 'error', 'alert']))
+      .option('--scope <scope>', 'records whose scope starts with this (datasets/train)')
+      .option('--since <time>', 'records at or after this: a date-time, or a duration ago (1h, 2d)')
+      .option('--until <time>', 'records before this: a date-time, or a duration ago')
+      .option('--after <seq>', 'records after this seq (the `next` cursor of a previous page)')
+      .option('--limit <n>', 'records per page, at most 1000', '100')
+      .option('--all', 'every matching record, page after page, not just the first page')
+      .addOption(
+        new Option(
+          '--format <format>',
+          'table (default), json (one document, as --json), or jsonl (a record per line; implies --all)',
+        ).choices(['table', 'json', 'jsonl']),
+      ),
+  async handler({ options }, ctx) {
+    const limit = Number(options.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > PAGE) {
+      throw new UsageError(`--limit "${String(options.limit)}" is not a number from 1 to ${PAGE}`, { hint: 'e.g. --limit 500' });
+    }
+    const after = options.after === undefined ? undefined : Number(options.after);
+    if (after !== undefined && (!Number.isSafeInteger(after) || after < 0)) {
+      throw new UsageError(`--after "${String(options.after)}" is not a record seq`, { hint: 'pass the `next` of the previous page' });
+    }
+    const filters = {
+      ...filtersFrom(options),
+      outcome: typeof options.outcome === 'string' ? options.outcome : undefined,
+      since: typeof options.since === 'string' ? parseTime(options.since, '--since') : undefined,
+      until: typeof options.until === 'string' ? parseTime(options.until, '--until') : undefined,
+    };
+    const { client } = await ctx.session();
+    const format = options.format ?? (ctx.options.json ? 'json' : 'table');
+    if (format === 'jsonl') {
+      // A stream: each page is printed as it arrives, so an export of millions of records never sits in memory.
+      let cursor = after;
+      for (;;) {
+        const page = await client.queryAudit({ ...filters, after: cursor, limit: PAGE });
+        for (const record of page.records) ctx.out.line(record);
+        if (page.next === null) return {};
+        cursor = page.next;
+      }
+    }
+    const records: AuditRecord[] = [];
+    let cursor = after;
+    let next: number | null = null;
+    do {
+      const page = await client.queryAudit({ ...filters, after: cursor, limit: options.all ? PAGE : limit });
+      records.push(...page.records);
+      next = page.next;
+      cursor = next ?? undefined;
+    } while (options.all && next !== null);
+    const data = { records, next };
+    if (format === 'json') return { data: ctx.options.json ? data : undefined, human: JSON.stringify(data, null, 2) };
+    return { data, human: auditTable(records, next, ctx) };
+  },
+};
+
+function auditTable(records: AuditRecord[], next: number | null, ctx: Context): string {
+  if (records.length === 0) return 'No audit records match.';
+  const { color } = ctx.out;
+  const table = renderTable([
+    ['SEQ', 'TIME', 'ACTION', 'OUTCOME', 'ACTOR', 'GRANT', 'SCOPE', 'DETAILS'],
+    ...records.map((record) => [
+      String(record.seq),
+      record.at.replace('T', ' ').slice(0, 19),
+      record.action,
+      colourOutcome(record.outcome, color),
+      record.actor ?? '-',
+      record.grant ?? '-',
+      record.scope ?? '-',
+      summarize(record),
+    ]),
+  ]);
+  return next === null ? table : `${table}\n${color.dim(`more: jit audit --after ${next} (same filters), or --all`)}`;
+}
+
+export const auditVerify: CommandDefinition = {
+  path: 'audit verify',
+  summary: "re-compute the broker's audit hash chain and check its signed checkpoints; exit 10 if it was tampered with (auditor role)",
+  async handler(_input, ctx) {
+    const { client, brokerUrl } = await ctx.session();
+    const spinner = ctx.out.spinner('verifying the audit chain');
+    let report: VerifyReport;
+    try {
+      report = await client.verifyAudit();
+    } finally {
+      spinner.stop();
+    }
+    if (report.ok) rollbackCheck(report, await headHash(ctx, client, report), ctx.config.verifiedHead(brokerUrl));
+    if (!report.ok) {
+      const problem = report.problem;
+      throw new TamperedError(`the audit trail does not verify: ${problem?.message ?? 'unknown problem'}`, {
+        code: `audit_${problem?.kind ?? 'tampered'}`.replaceAll('-', '_'),
+        hint: `${report.records} records verify before it; restore the store from a backup or an export sink, and investigate who had write access to it`,
+      });
+    }
+    if (report.head)
+      ctx.config.setVerifiedHead(brokerUrl, { position: report.head.position, hash: report.head.hash, at: new Date().toISOString() });
+    const checkpoint = report.checkpoint;
+    const upTo = checkpoint
+      ? `up to checkpoint ${checkpoint.position} (signed ${checkpoint.at} by key ${checkpoint.keyId})`
+      : 'with no signed checkpoint yet';
+    const after =
+      checkpoint && report.records > checkpoint.position
+        ? `; ${report.records - checkpoint.position} newer records are chained but not signed yet`
+        : '';
+    const unsealed = report.unsealed > 0 ? `; ${report.unsealed} records were still being sealed` : '';
+    const rate = report.elapsedMs > 0 ? ` in ${(report.elapsedMs / 1000).toFixed(2)} s` : '';
+    return { data: report, human: `${ctx.out.color.green('verified')} ${report.records} records ${upTo}${rate}${after}${unsealed}` };
+  },
+};
+
+/** The hash the broker's chain has now at the position verified last time, if it is that long. */
+async function headHash(ctx: Context, client: Awaited<ReturnType<Context['session']>>['client'], report: VerifyReport) {
+  const { brokerUrl } = await ctx.session();
+  const pinned = ctx.config.verifiedHead(brokerUrl);
+  if (!pinned || pinned.position > report.records) return undefined;
+  const page = await client.queryAudit({ after: pinned.position - 1, limit: 1 });
+  return page.records[0]?.seq === pinned.position ? page.records[0].hash : undefined;
+}
+
+/**
+ * What the broker alone cannot see: a chain cut back (records and their checkpoints deleted) or
+ * replaced since this machine last verified it. The head verified last time must still be there.
+ */
+function rollbackCheck(
+  report: VerifyReport,
+  hashNow: string | undefined,
+  pinned: { position: number; hash: string; at: string } | undefined,
+): void {
+  if (!pinned) return;
+  if (report.records < pinned.position) {
+    report.ok = false;
+    report.problem = {
+      kind: 'truncated',
+      position: pinned.position,
+      message: `the chain ends at record ${report.records}, but it reached record ${pinned.position} when verified here on ${pinned.at}: records were deleted`,
+    };
+  } else if (hashNow !== pinned.hash) {
+    report.ok = false;
+    report.problem = {
+      kind: 'rewritten',
+      position: pinned.position,
+      message: `record ${pinned.position} is not the one verified here on ${pinned.at}: the chain was replaced`,
+    };
+  }
+}
