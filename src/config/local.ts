@@ -49,8 +49,11 @@ export type VerifiedHead = { position: number; hash: string; at: string };
 type Schema = {
   profiles: Record<string, Profile>;
   grants: Record<string, LocalGrant>;
-  /** Broker URL -> the audit chain head last verified from here (docs/audit.md#verify). */
-  verified: Record<string, VerifiedHead>;
+  /**
+   * Broker URL -> the audit chain head last verified from here (docs/audit.md#verify). Not in
+   * the defaults: conf rewrites a file that lacks a default key, which would change its mode.
+   */
+  verified?: Record<string, VerifiedHead>;
 };
 
 export class LocalConfig {
@@ -62,7 +65,7 @@ export class LocalConfig {
       projectSuffix: '',
       configName: 'config',
       configFileMode: 0o600,
-      defaults: { profiles: {}, grants: {}, verified: {} },
+      defaults: { profiles: {}, grants: {} },
       ...(directory ? { cwd: directory } : {}),
     });
   }
@@ -76,7 +79,7 @@ export class LocalConfig {
   }
 
   setVerifiedHead(brokerUrl: string, head: VerifiedHead): void {
-    this.#locked(() => this.#conf.set('verified', { ...this.#conf.get('verified'), [brokerUrl]: head }));
+    this.#locked(() => this.#conf.set('verified', { ...(this.#conf.get('verified') ?? {}), [brokerUrl]: head }));
   }
 
   /** Every profile by name, sorted by name. */
