@@ -131,6 +131,7 @@ async function openAuditLog(config: BrokerConfig, store: BrokerStore, clock: Clo
     checkpointEvery: config.audit.checkpointEvery,
     checkpointIntervalMs: config.audit.checkpointIntervalSeconds * 1000,
     alerts: { deniedBurst: config.audit.alerts.deniedBurst, deniedWindowMs: config.audit.alerts.deniedWindowSeconds * 1000 },
+    trusted,
   });
   const exporter = new SinkExporter({ store, clock, sinks, owner: `${hostname()}:${process.pid}:${randomUUID()}`, keyId: key.keyId });
   await log.append({
@@ -152,7 +153,6 @@ async function openAuditLog(config: BrokerConfig, store: BrokerStore, clock: Clo
   });
   return {
     log,
-    trusted,
     start: () => {
       log.start(SEAL_INTERVAL_MS);
       exporter.start(EXPORT_INTERVAL_MS);
@@ -186,7 +186,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     principals,
     oidc,
     version: VERSION,
-    audit: { audit: audit.log, store, trustedKeys: audit.trusted },
+    audit: audit.log,
   });
   try {
     await app.listen({ host: options.host, port: options.port });

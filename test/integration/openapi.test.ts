@@ -34,6 +34,7 @@ describe('the OpenAPI document', () => {
       config: broker.broker.config,
       grants: broker.broker.grants,
       principals: broker.broker.principals,
+      audit: broker.broker.audit,
       version: 'test',
       onRoute: (route) => routes.push(`${route.method} ${route.url}`),
     });

@@ -1,10 +1,8 @@
-import type { KeyObject } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { type Caller, hasRole, requireRole } from '../../core/caller.ts';
 import { ForbiddenError, UsageError } from '../../core/errors.ts';
 import type { AuditLog, AuditRecord } from '../audit/log.ts';
-import { verifyStore } from '../audit/verify.ts';
-import type { AuditQuery, BrokerStore } from '../store/store.ts';
+import type { AuditQuery } from '../store/store.ts';
 
 /** The filters `GET /v1/audit` and `GET /v1/audit/stream` share (docs/api.md#audit). */
 const filterProperties = {
@@ -12,7 +10,7 @@ const filterProperties = {
   subject: { type: 'string', maxLength: 256, description: "records about this subject's grants and tokens" },
   actor: { type: 'string', maxLength: 256, description: 'records of what this actor did (a user, a CI identity, or system)' },
   action: { type: 'string', maxLength: 64, description: 'an action (grant.revoked), or a family ending in .* (data.*)' },
-  outcome: { type: 'string', enum: ['ok', 'pending', 'denied', 'error', 'alert'] },
+  outcome: { type: 'string', enum: ['ok', 'pending', 'denied', 'error', 'alert'], description: 'records with this outcome' },
   scope: { type: 'string', maxLength: 512, description: 'records whose scope starts with this (datasets/train)' },
   since: { type: 'string', format: 'date-time', description: 'records at or after this time' },
   until: { type: 'string', format: 'date-time', description: 'records before this time' },
@@ -45,7 +43,7 @@ export const auditRecordSchema = {
     subject: { type: ['string', 'null'], description: 'whose grant or token it is about' },
     grant: { type: ['string', 'null'] },
     scope: { type: ['string', 'null'], description: 'the scopes involved, space-separated' },
-    outcome: { type: 'string', enum: ['ok', 'pending', 'denied', 'error', 'alert'] },
+    outcome: { type: 'string', enum: ['ok', 'pending', 'denied', 'error', 'alert'], description: 'records with this outcome' },
     details: { type: 'object', description: 'the action-specific rest; never a secret' },
     hash: { type: 'string', description: 'SHA-256 chain hash (docs/audit.md#proof)' },
   },
@@ -108,12 +106,7 @@ const STREAM_KEEPALIVE_MS = 15_000;
 
 export function registerAuditRoutes(
   app: FastifyInstance,
-  options: {
-    audit: AuditLog;
-    store: BrokerStore;
-    trustedKeys: Map<string, KeyObject>;
-    caller: (request: FastifyRequest) => Promise<Caller>;
-  },
+  options: { audit: AuditLog; caller: (request: FastifyRequest) => Promise<Caller> },
 ): void {
   const { audit, caller } = options;
   // Live streams never end on their own: a closing broker ends them, or app.close() would wait forever.
@@ -131,8 +124,7 @@ export function registerAuditRoutes(
 
   app.get('/v1/audit/verify', async (request) => {
     requireRole(await caller(request), 'auditor', 'verifying the audit trail');
-    await audit.seal();
-    return verifyStore(options.store, options.trustedKeys);
+    return audit.verify();
   });
 
   app.get('/v1/audit/key', async (request) => {
@@ -152,7 +144,7 @@ export function registerAuditRoutes(
     const query = scoped(who, filters, 500);
     const resume = Number.isSafeInteger(lastEventId) && lastEventId >= 0 ? lastEventId : query.afterPosition;
     await audit.seal();
-    let cursor: number = resume ?? (await options.store.chainHead()).position;
+    let cursor: number = resume ?? (await audit.headPosition());
     reply.hijack();
     const raw = reply.raw;
     raw.writeHead(200, {
@@ -177,7 +169,7 @@ export function registerAuditRoutes(
     try {
       while (open) {
         // The head first: records sealed after this read are picked up by the next round.
-        const head = (await options.store.chainHead()).position;
+        const head = await audit.headPosition();
         const records = await audit.tail({ ...query, afterPosition: cursor });
         for (const record of records) send(record);
         cursor = records.length === query.limit ? (records.at(-1)?.seq ?? cursor) : Math.max(cursor, head, records.at(-1)?.seq ?? 0);

@@ -1,3 +1,4 @@
+import { auditPageSchema, auditQuerySchema, auditStreamQuerySchema } from './audit-routes.ts';
 import {
   approveRequestSchema,
   createdTokenSchema,
@@ -228,6 +229,62 @@ export function openApiDocument(version: string) {
           responses: { '200': { description: 'what was revoked', ...json(ref('TokenRevocation')) }, ...errors(400, 401, 403, 404) },
         },
       },
+      '/v1/audit': {
+        get: {
+          summary:
+            'sealed audit records matching the filters, in chain order, a page at a time (auditor: every record; requester: its own)',
+          security: apiToken,
+          parameters: queryParameters(auditQuerySchema.properties),
+          responses: { '200': { description: 'a page of records', ...json(auditPageSchema) }, ...errors(400, 401, 403) },
+        },
+      },
+      '/v1/audit/stream': {
+        get: {
+          summary:
+            'server-sent events: each new record matching the filters as `event: audit` with its seq as the id; send Last-Event-ID to resume',
+          security: apiToken,
+          parameters: [
+            ...queryParameters(auditStreamQuerySchema.properties),
+            {
+              name: 'Last-Event-ID',
+              in: 'header',
+              schema: { type: 'string' },
+              description: 'resume after this seq (sent by EventSource on reconnect)',
+            },
+          ],
+          responses: {
+            '200': { description: 'the event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } },
+            ...errors(400, 401, 403),
+          },
+        },
+      },
+      '/v1/audit/verify': {
+        get: {
+          summary: 're-compute the whole hash chain and check every signed checkpoint (auditor); ok false names the first bad record',
+          security: apiToken,
+          responses: { '200': { description: 'the verification report', ...json(verifyReportSchema) }, ...errors(401, 403) },
+        },
+      },
+      '/v1/audit/key': {
+        get: {
+          summary: 'the public Ed25519 key checkpoints are signed with (any principal)',
+          security: apiToken,
+          responses: {
+            '200': {
+              description: 'the key',
+              ...json({
+                type: 'object',
+                properties: {
+                  keyId: { type: 'string' },
+                  algorithm: { const: 'Ed25519' },
+                  publicKey: { type: 'string', description: 'SPKI PEM' },
+                },
+              }),
+            },
+            ...errors(401),
+          },
+        },
+      },
       '/v1/files/{path}': {
         get: {
           summary: 'read a file, or list a directory, under the granted prefix',
@@ -253,6 +310,41 @@ export function openApiDocument(version: string) {
     },
   };
 }
+
+/** Query-string parameters from a route's querystring schema properties. */
+function queryParameters(properties: Record<string, { description?: string }>) {
+  return Object.entries(properties).map(([name, schema]) => ({
+    name,
+    in: 'query',
+    schema,
+    ...(schema.description ? { description: schema.description } : {}),
+  }));
+}
+
+const verifyReportSchema = {
+  type: 'object',
+  required: ['ok', 'records', 'checkpoint', 'head', 'problem', 'unsealed', 'elapsedMs'],
+  properties: {
+    ok: { type: 'boolean' },
+    records: { type: 'integer', description: 'records verified before the first problem (all of them when ok)' },
+    checkpoint: {
+      type: ['object', 'null'],
+      description: 'the last signed checkpoint the verified records reach',
+      properties: { position: { type: 'integer' }, at: { type: 'string' }, keyId: { type: 'string' }, hash: { type: 'string' } },
+    },
+    head: { type: ['object', 'null'], properties: { position: { type: 'integer' }, hash: { type: 'string' } } },
+    problem: {
+      type: ['object', 'null'],
+      properties: {
+        kind: { enum: ['altered', 'missing', 'rewritten', 'truncated', 'bad-signature', 'untrusted-key', 'out-of-order'] },
+        position: { type: 'integer' },
+        message: { type: 'string' },
+      },
+    },
+    unsealed: { type: 'integer', description: 'records appended but not sealed yet (not covered)' },
+    elapsedMs: { type: 'number' },
+  },
+} as const;
 
 /** The API proxy (docs/http.md): whatever the upstream API speaks, under the grant's method and path scopes. */
 function apiProxy() {

@@ -4,6 +4,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { hasRole, requireRole } from '../../core/caller.ts';
 import { JitError, UsageError } from '../../core/errors.ts';
 import type { TokenRequest } from '../../core/token.ts';
+import type { AuditLog } from '../audit/log.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
 import type { OidcExchange } from '../oidc/exchange.ts';
@@ -75,8 +76,8 @@ export function buildApi(options: {
   version: string;
   /** Failed-authentication budget per source address (default 20 a minute). */
   authFailures?: { limit?: number; windowMs?: number };
-  /** The audit trail's routes (/v1/audit...); without it they answer 404. */
-  audit?: Omit<Parameters<typeof registerAuditRoutes>[1], 'caller'>;
+  /** The audit trail, for its routes (/v1/audit...). */
+  audit: AuditLog;
   /** Told of every route as it is registered (the OpenAPI test compares them with the document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }): FastifyInstance {
@@ -265,7 +266,7 @@ export function buildApi(options: {
   });
 
   app.get('/v1/files/*', async (request, reply) => serveFile(request, reply));
-  if (options.audit) registerAuditRoutes(app, { ...options.audit, caller });
+  registerAuditRoutes(app, { audit: options.audit, caller });
   registerS3Gateway(app, { config, grants, limiter });
   registerHttpProxy(app, { config, grants, limiter });
 

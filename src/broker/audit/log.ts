@@ -1,8 +1,10 @@
-import type { AuditRecord } from '../../core/audit.ts';
+import type { KeyObject } from 'node:crypto';
+import type { AuditRecord, VerifyReport } from '../../core/audit.ts';
 import type { Clock } from '../grants/service.ts';
 import type { AuditEvent, AuditQuery, AuditRow, BrokerStore, ChainHead, SealPlan, UnsealedRow } from '../store/store.ts';
 import { type AlertRules, Alerts } from './alerts.ts';
 import { canonicalDetail, GENESIS, recordHash, type SigningKey, signCheckpoint } from './chain.ts';
+import { verifyStore } from './verify.ts';
 
 export type { AuditRecord };
 
@@ -30,6 +32,8 @@ export type AuditLogOptions = {
   /** ...or this long after the last one, whichever comes first (when anything new was sealed). */
   checkpointIntervalMs: number;
   alerts?: AlertRules;
+  /** Keys checkpoints may be signed with, by key id: this key's and audit.trustedKeys (docs/audit.md#keys). */
+  trusted?: Map<string, KeyObject>;
 };
 
 const SEAL_BATCH = 2000;
@@ -46,6 +50,7 @@ export class AuditLog {
   readonly #every: number;
   readonly #intervalMs: number;
   readonly #alerts: Alerts;
+  readonly #trusted: Map<string, KeyObject>;
   readonly #listeners = new Set<() => void>();
   #sealing: Promise<number> | undefined;
   #again = false;
@@ -59,6 +64,7 @@ export class AuditLog {
     this.#every = options.checkpointEvery;
     this.#intervalMs = options.checkpointIntervalMs;
     this.#alerts = new Alerts(options.alerts);
+    this.#trusted = options.trusted ?? new Map([[options.key.keyId, options.key.publicKey]]);
   }
 
   get key(): SigningKey {
@@ -160,6 +166,17 @@ export class AuditLog {
   /** Sealed records after `query.afterPosition`, without sealing first (the live stream's poll). */
   async tail(query: AuditQuery): Promise<AuditRecord[]> {
     return (await this.#store.queryAudit(query)).map(toRecord);
+  }
+
+  /** Seals what is pending, then re-computes the whole chain and checks its checkpoints. */
+  async verify(): Promise<VerifyReport> {
+    await this.seal();
+    return verifyStore(this.#store, this.#trusted);
+  }
+
+  /** The position of the last sealed record (0 for an empty chain). */
+  async headPosition(): Promise<number> {
+    return (await this.#store.chainHead()).position;
   }
 
   /** Appends an event outside any grant change (config load). */
