@@ -140,6 +140,33 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.ok(!all.includes(tokens.ana ?? ''), 'no token is in the trail');
     });
 
+    it('does not issue or revoke a grant whose audit record cannot be written', async () => {
+      const block = (type: string) =>
+        broker.database
+          ? `CREATE FUNCTION no_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER no_audit BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.type = '${type}') EXECUTE FUNCTION no_audit();`
+          : `CREATE TRIGGER no_audit BEFORE INSERT ON events WHEN NEW.type = '${type}' BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;`;
+      const unblock = broker.database ? 'DROP TRIGGER no_audit ON events; DROP FUNCTION no_audit();' : 'DROP TRIGGER no_audit;';
+      const before = (await as<{ grants: unknown[] }>('ana', 'GET', 'grants')).body.grants.length;
+      await tamper(block('grant.issued'));
+      const refused = await as<{ code: string }>('ana', 'POST', 'grants', { scopes: ['datasets/train'] });
+      await tamper(unblock);
+      assert.equal(refused.status, 500);
+      assert.equal((await as<{ grants: unknown[] }>('ana', 'GET', 'grants')).body.grants.length, before, 'no grant without its record');
+
+      const issued = (await as<IssuedGrant>('ana', 'POST', 'grants', { scopes: ['datasets/train'] })).body;
+      await tamper(block('grant.revoked'));
+      const revoke = await as('ana', 'DELETE', `grants/${issued.id}`);
+      await tamper(unblock);
+      assert.equal(revoke.status, 500);
+      assert.equal(
+        (await as<{ state: string }>('ana', 'GET', `grants/${issued.id}`)).body.state,
+        'active',
+        'not revoked without its record',
+      );
+      assert.equal((await as('ana', 'DELETE', `grants/${issued.id}`)).status, 200);
+    });
+
     it('numbers records 1, 2, 3, ... and pages through them with a cursor', async () => {
       const first = (await as<Page>('auditor', 'GET', 'audit?limit=2')).body;
       assert.deepEqual(
