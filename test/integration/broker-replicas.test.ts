@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { type RunningBroker, startBroker } from '../../src/broker/broker.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
+import { readEvents } from '../../src/client/sse.ts';
+import type { AuditRecord, VerifyReport } from '../../src/core/audit.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
 import { api, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
@@ -106,5 +108,36 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
       const expired = events.filter((event) => event.grantId === grant.id && event.type === 'grant.expired');
       assert.equal(expired.length, 1, `grant ${grant.id} has ${expired.length} grant.expired events`);
     }
+  });
+
+  it('seals what all replicas append into one chain, and streams every record from any replica', async () => {
+    const stop = new AbortController();
+    const response = await fetch(`${c.url}/v1/audit/stream`, { headers: { authorization: `Bearer ${a.token}` }, signal: stop.signal });
+    assert.equal(response.status, 200);
+    assert.ok(response.body);
+    const seen: AuditRecord[] = [];
+    const reading = (async () => {
+      for await (const event of readEvents(response.body as ReadableStream<Uint8Array>)) {
+        if (event.event === 'audit') seen.push(JSON.parse(event.data) as AuditRecord);
+      }
+    })().catch(() => undefined);
+    const grants = await Promise.all([...Array.from({ length: 8 }, () => issue(a)), ...Array.from({ length: 8 }, () => issue(b))]);
+    await Promise.all(grants.map((grant, index) => api(index % 2 === 0 ? b : a, a.token, 'DELETE', `grants/${grant.id}`)));
+    const deadline = Date.now() + 10_000;
+    const revoked = () => new Set(seen.filter((record) => record.action === 'grant.revoked').map((record) => record.grant));
+    while (grants.some((grant) => !revoked().has(grant.id)) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    stop.abort();
+    await reading;
+    for (const grant of grants) assert.ok(revoked().has(grant.id), `replica C streamed the revocation of ${grant.id}`);
+    const seqs = seen.map((record) => record.seq);
+    assert.deepEqual(
+      seqs,
+      seqs.map((_, index) => (seqs[0] ?? 0) + index),
+      'one gap-free chain, streamed in order',
+    );
+    const report = (await api<VerifyReport>(b, a.token, 'GET', 'audit/verify')).body;
+    assert.equal(report.ok, true, report.problem?.message);
+    assert.ok(report.records >= (seqs.at(-1) ?? 0));
   });
 });
