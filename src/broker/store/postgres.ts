@@ -32,10 +32,12 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  SESSION_COLUMNS,
   type SealPlan,
   type SessionRecord,
   type SinkCursor,
   sessionFromRow,
+  sessionValues,
   sinkFromRow,
   type UnsealedRow,
   unsealedFromRow,
@@ -554,17 +556,8 @@ export class PostgresStore implements BrokerStore {
   async addSession(session: SessionRecord): Promise<void> {
     await this.#rows(
       `WITH forgotten AS (DELETE FROM oidc_sessions WHERE expires_at < $6)
-       INSERT INTO oidc_sessions (session_id, subject, token_hash, issuer, claims, created_at, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-      [
-        session.sessionId,
-        session.subject,
-        session.tokenHash,
-        session.issuer,
-        JSON.stringify(session.claims),
-        session.createdAt,
-        session.expiresAt,
-      ],
+       INSERT INTO oidc_sessions (${SESSION_COLUMNS.join(', ')}) VALUES (${SESSION_COLUMNS.map((_, index) => `$${index + 1}`).join(', ')})`,
+      sessionValues(session),
     );
   }
 

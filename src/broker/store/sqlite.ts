@@ -32,10 +32,12 @@ import {
   type PrincipalRecord,
   principalFromRow,
   principalValues,
+  SESSION_COLUMNS,
   type SealPlan,
   type SessionRecord,
   type SinkCursor,
   sessionFromRow,
+  sessionValues,
   sinkFromRow,
   systemEnd,
   type UnsealedRow,
@@ -433,19 +435,11 @@ export class SqliteStore implements BrokerStore {
   async addSession(session: SessionRecord): Promise<void> {
     const forget = this.#statement('DELETE FROM oidc_sessions WHERE expires_at < ?');
     const insert = this.#statement(
-      'INSERT INTO oidc_sessions (session_id, subject, token_hash, issuer, claims, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      `INSERT INTO oidc_sessions (${SESSION_COLUMNS.join(', ')}) VALUES (${SESSION_COLUMNS.map(() => '?').join(', ')})`,
     );
     this.#transaction(() => {
       forget.run(session.createdAt);
-      insert.run(
-        session.sessionId,
-        session.subject,
-        session.tokenHash,
-        session.issuer,
-        JSON.stringify(session.claims),
-        session.createdAt,
-        session.expiresAt,
-      );
+      insert.run(...sessionValues(session));
     });
   }
 

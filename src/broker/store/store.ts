@@ -55,6 +55,21 @@ export type SessionRecord = {
   expiresAt: number;
 };
 
+/** The oidc_sessions table's columns in one order, with a session's values in that order: both engines insert through these. */
+export const SESSION_COLUMNS = ['session_id', 'subject', 'token_hash', 'issuer', 'claims', 'created_at', 'expires_at'] as const;
+
+export function sessionValues(session: SessionRecord): (string | number)[] {
+  return [
+    session.sessionId,
+    session.subject,
+    session.tokenHash,
+    session.issuer,
+    JSON.stringify(session.claims),
+    session.createdAt,
+    session.expiresAt,
+  ];
+}
+
 export function sessionFromRow({ row, json }: RowReader): SessionRecord {
   return {
     sessionId: String(row.session_id),
