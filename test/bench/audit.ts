@@ -245,6 +245,13 @@ ${perSecond(VERIFY_TARGET)}).
 | --- | --- | --- | --- | --- |
 ${throughputRows.join('\n')}
 
+The seal figure is a backlog of ${count} records worked off at once (as after the migration-9 upgrade
+of an old database), not the broker's steady state of sealing a few records every 20 ms. On
+PostgreSQL its first batches are the slowest: right after a bulk append the events table has no
+statistics yet (\`reltuples\` -1, autovacuum has not analyzed it), and each batch's
+\`UPDATE ... FROM unnest(...)\` runs about 3× slower until it has (checked separately on 300,000 rows:
+a batch of 2,000 took ~200 ms before \`ANALYZE events\`, ~70–110 ms after).
+
 **What the audit append adds to issuing a grant.** \`GrantService.request\` (policy, credential,
 the grant row) on the same store, now holding the ${count} records, in ${ISSUE_ROUNDS} alternating rounds
 of ${ISSUES_PER_ROUND} issues: with its \`grant.issued\` event written in the grant's transaction, as
