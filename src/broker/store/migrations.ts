@@ -240,6 +240,10 @@ export const MIGRATIONS: readonly Migration[] = [
     // into the hash chain shortly after by one replica at a time: `position` is the gap-free chain
     // order, `hash` the chain hash (src/broker/audit/chain.ts). Events written before this version
     // are sealed like new ones. On PostgreSQL detail becomes TEXT: the chain hashes its exact text.
+    // Each index costs every event insert (every grant issue): the position index holds sealed rows
+    // only, and SQLite needs no index of unsealed rows, because with one writer they are always the
+    // rows after the last sealed one (PostgreSQL commits out of seq order, so it keeps one).
+    // ANALYZE: sealing a backlog (this migration makes one) is slow on a table without statistics.
     sqlite: `
       ALTER TABLE events ADD COLUMN actor TEXT;
       ALTER TABLE events ADD COLUMN scope TEXT;
@@ -250,8 +254,7 @@ export const MIGRATIONS: readonly Migration[] = [
         outcome = CASE WHEN type IN ('grant.refused', 'grant.denied', 'data.refused') THEN 'denied'
           WHEN type IN ('grant.provider_error', 'grant.deprovision_failed') THEN 'error'
           WHEN type = 'grant.requested' THEN 'pending' ELSE 'ok' END;
-      CREATE UNIQUE INDEX events_position ON events (position);
-      CREATE INDEX events_unsealed ON events (seq) WHERE position IS NULL;
+      CREATE UNIQUE INDEX events_position ON events (position) WHERE position IS NOT NULL;
       CREATE TABLE audit_checkpoints (
         position INTEGER PRIMARY KEY,
         hash TEXT NOT NULL,
@@ -276,7 +279,7 @@ export const MIGRATIONS: readonly Migration[] = [
           WHEN type IN ('grant.provider_error', 'grant.deprovision_failed') THEN 'error'
           WHEN type = 'grant.requested' THEN 'pending' ELSE 'ok' END;
       ALTER TABLE events ALTER COLUMN detail TYPE TEXT USING detail::text;
-      CREATE UNIQUE INDEX events_position ON events (position);
+      CREATE UNIQUE INDEX events_position ON events (position) WHERE position IS NOT NULL;
       CREATE INDEX events_unsealed ON events (seq) WHERE position IS NULL;
       CREATE TABLE audit_checkpoints (
         position BIGINT PRIMARY KEY,
@@ -293,6 +296,7 @@ export const MIGRATIONS: readonly Migration[] = [
         attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT
       );
+      ANALYZE events;
     `,
   },
   {

@@ -51,6 +51,12 @@ const fromText = (value: unknown): unknown => JSON.parse(String(value));
 const toGrant = (row: Row): GrantRecord => grantFromRow({ row, json: fromText });
 const toPrincipal = (row: Row): PrincipalRecord => principalFromRow({ row, json: fromText });
 
+/**
+ * The seq after which events are unsealed. SQLite has one writer, so events commit in seq order
+ * and the sealed ones are always a prefix: no index of unsealed rows is needed (migration 9).
+ */
+const AFTER_LAST_SEALED = `coalesce((SELECT seq FROM events WHERE position = (SELECT max(position) FROM events WHERE position IS NOT NULL)), 0)`;
+
 /** The embedded store: one SQLite file in WAL mode, through node:sqlite. */
 export class SqliteStore implements BrokerStore {
   readonly #db: DatabaseSync;
@@ -354,7 +360,7 @@ export class SqliteStore implements BrokerStore {
   }
 
   async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number> {
-    const unsealed = this.#statement('SELECT * FROM events WHERE position IS NULL ORDER BY seq LIMIT ?');
+    const unsealed = this.#statement(`SELECT * FROM events WHERE seq > ${AFTER_LAST_SEALED} AND position IS NULL ORDER BY seq LIMIT ?`);
     const seal = this.#statement('UPDATE events SET position = ?, hash = ?, detail = ? WHERE seq = ? AND position IS NULL');
     return this.#transaction(() => {
       const rows = unsealed.all(limit).map(unsealedFromRow);
@@ -408,7 +414,9 @@ export class SqliteStore implements BrokerStore {
   }
 
   async unsealed(): Promise<{ count: number; oldestAt: number | null }> {
-    const row = this.#statement('SELECT count(*) AS count, min(at) AS oldest FROM events WHERE position IS NULL').get();
+    const row = this.#statement(
+      `SELECT count(*) AS count, min(at) AS oldest FROM events WHERE seq > ${AFTER_LAST_SEALED} AND position IS NULL`,
+    ).get();
     return { count: Number(row?.count ?? 0), oldestAt: row?.oldest === null || row?.oldest === undefined ? null : Number(row.oldest) };
   }
 
