@@ -20,6 +20,11 @@ export type AuditRecord = {
   details: Record<string, unknown>;
   /** SHA-256 chain hash over the previous record's hash and this record. */
   hash: string;
+  /**
+   * Present on a record a checkpoint was signed at: the broker's Ed25519 signature over this
+   * seq and hash (outside the hash), so an exported copy can be verified offline.
+   */
+  checkpoint?: { at: string; keyId: string; signature: string };
 };
 
 /** What tampering (or damage) a verification found first. */

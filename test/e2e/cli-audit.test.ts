@@ -3,10 +3,13 @@
 // chain, and catches tampering done behind the broker's back (exit 10), including a tail cut off
 // together with its checkpoints, which only the head this machine verified last time reveals.
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, test } from 'node:test';
 import type { AuditRecord, VerifyReport } from '../../src/core/audit.ts';
+import { api } from '../helpers/broker.ts';
 import { jit } from '../helpers/cli.ts';
 import { runArgs, setUp, startJit } from './support.ts';
 
@@ -128,5 +131,46 @@ describe('jit watch and jit audit', () => {
     const error = JSON.parse(cut.stdout) as { error: { code: string; message: string; exitCode: number } };
     assert.equal(error.error.exitCode, 10);
     assert.match(error.error.message, /records were deleted/);
+  });
+
+  test('jit audit verify --file checks an exported copy offline, repeats and all, and catches an edit in it', async (t) => {
+    const places = await setUp(t, { extraYaml: 'audit:\n  checkpointEvery: 2\n' });
+    if (!places) return;
+    for (let run = 0; run < 2; run += 1) assert.equal((await jit(runArgs(['true']), { env: places.env })).code, 0);
+    const exported = await jit(['audit', '--format', 'jsonl'], { env: places.env });
+    assert.equal(exported.code, 0, exported.stderr);
+    const lines = exported.stdout.trim().split('\n');
+    assert.ok(
+      lines.some((line) => (JSON.parse(line) as AuditRecord).checkpoint),
+      'the export carries the signed checkpoints',
+    );
+    const dir = await mkdtemp(path.join(tmpdir(), 'jit-export-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const key = JSON.parse((await jit(['audit', 'verify', '--json'], { env: places.env })).stdout) as VerifyReport;
+    assert.equal(key.ok, true);
+    const publicKey = path.join(dir, 'audit.pub');
+    await writeFile(publicKey, (await api<{ publicKey: string }>(places.broker, places.broker.token, 'GET', 'audit/key')).body.publicKey);
+    const copy = path.join(dir, 'audit.jsonl');
+    // At least once: a repeated batch is not a problem.
+    await writeFile(copy, `${[...lines, ...lines.slice(1, 3)].join('\n')}\n`);
+    // Offline: no broker in the environment.
+    const offline = { ...places.env, JIT_BROKER_URL: undefined, JIT_TOKEN: undefined };
+    const good = await jit(['audit', 'verify', '--file', copy, '--public-key', publicKey], { env: offline });
+    assert.equal(good.code, 0, good.stderr);
+    assert.match(good.stdout, new RegExp(`^verified ${copy}: records 1-${lines.length}, up to checkpoint \\d+ signed by key [0-9a-f]{16}`));
+
+    const tail = path.join(dir, 'tail.jsonl');
+    await writeFile(tail, `${lines.slice(3).join('\n')}\n`);
+    assert.equal(
+      (await jit(['audit', 'verify', '--file', tail, '--public-key', publicKey], { env: offline })).code,
+      0,
+      'a copy may start mid-chain',
+    );
+
+    const edited = lines.map((line, index) => (index === 3 ? line.replace('"user:admin"', '"user:mallory"') : line));
+    await writeFile(copy, `${edited.join('\n')}\n`);
+    const bad = await jit(['audit', 'verify', '--file', copy, '--public-key', publicKey], { env: offline });
+    assert.equal(bad.code, 10);
+    assert.match(bad.stderr, /^jit: error: .*audit\.jsonl does not verify: record 4 does not match its hash/);
   });
 });

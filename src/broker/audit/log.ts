@@ -23,6 +23,20 @@ export function toRecord(row: AuditRow): AuditRecord {
   };
 }
 
+/** Records of `rows`, each carrying the checkpoint signed at its position, if one was. */
+export async function withCheckpoints(store: BrokerStore, rows: AuditRow[]): Promise<AuditRecord[]> {
+  const [first, last] = [rows[0], rows.at(-1)];
+  if (!first || !last) return [];
+  const signed = new Map((await store.listCheckpoints({ from: first.position, to: last.position })).map((cp) => [cp.position, cp]));
+  return rows.map((row) => {
+    const record = toRecord(row);
+    const checkpoint = signed.get(row.position);
+    return checkpoint
+      ? { ...record, checkpoint: { at: new Date(checkpoint.at).toISOString(), keyId: checkpoint.keyId, signature: checkpoint.signature } }
+      : record;
+  });
+}
+
 export type AuditLogOptions = {
   store: BrokerStore;
   clock: Clock;
@@ -160,12 +174,12 @@ export class AuditLog {
   /** Sealed records matching `query`; what was appended before the call is sealed first. */
   async query(query: AuditQuery): Promise<AuditRecord[]> {
     await this.seal();
-    return (await this.#store.queryAudit(query)).map(toRecord);
+    return this.tail(query);
   }
 
-  /** Sealed records after `query.afterPosition`, without sealing first (the live stream's poll). */
+  /** Sealed records matching `query`, with their checkpoints, without sealing first (the live stream's poll). */
   async tail(query: AuditQuery): Promise<AuditRecord[]> {
-    return (await this.#store.queryAudit(query)).map(toRecord);
+    return withCheckpoints(this.#store, await this.#store.queryAudit(query));
   }
 
   /** Seals what is pending, then re-computes the whole chain and checks its checkpoints. */

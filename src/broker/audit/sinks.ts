@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import type { Clock } from '../grants/service.ts';
 import type { BrokerStore } from '../store/store.ts';
-import { type AuditRecord, toRecord } from './log.ts';
+import { type AuditRecord, withCheckpoints } from './log.ts';
 
 /** broker.yaml `audit.sinks[]` (docs/audit.md#export). */
 export type SinkConfig =
@@ -79,7 +79,7 @@ export class SinkExporter {
         for (;;) {
           const rows = await this.#store.queryAudit({ afterPosition: position, limit: BATCH });
           if (rows.length === 0) break;
-          const records = rows.map(toRecord).filter((record) => actionMatches(record.action, sink.actions));
+          const records = (await withCheckpoints(this.#store, rows)).filter((record) => actionMatches(record.action, sink.actions));
           if (records.length > 0) await this.#deliver(sink, records);
           position = rows.at(-1)?.position ?? position;
           await this.#store.saveSink(sink.name, this.#owner, { position, attempts: 0, lastError: null });

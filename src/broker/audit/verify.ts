@@ -19,7 +19,15 @@ export class ChainVerifier {
   #reached: Checkpoint | undefined;
   problem: ChainProblem | null = null;
 
-  constructor(checkpoints: readonly Checkpoint[], trusted: Map<string, KeyObject>) {
+  /**
+   * `start`: verify from the record after this one, taking its hash as given (a copy that begins
+   * mid-chain); by default from record 1.
+   */
+  constructor(checkpoints: readonly Checkpoint[], trusted: Map<string, KeyObject>, start?: { position: number; hash: string }) {
+    if (start) {
+      this.#position = start.position;
+      this.#previous = start.hash;
+    }
     this.#checkpoints = new Map(checkpoints.map((checkpoint) => [checkpoint.position, checkpoint]));
     this.#lastCheckpoint = checkpoints.at(-1);
     this.#trusted = trusted;

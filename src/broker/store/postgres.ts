@@ -522,8 +522,11 @@ export class PostgresStore implements BrokerStore {
     return result.rows.map(chainRowFromValues);
   }
 
-  async listCheckpoints(): Promise<Checkpoint[]> {
-    return (await this.#rows('SELECT * FROM audit_checkpoints ORDER BY position')).map(checkpointFromRow);
+  async listCheckpoints(range?: { from: number; to: number }): Promise<Checkpoint[]> {
+    const rows = range
+      ? await this.#rows('SELECT * FROM audit_checkpoints WHERE position BETWEEN $1 AND $2 ORDER BY position', [range.from, range.to])
+      : await this.#rows('SELECT * FROM audit_checkpoints ORDER BY position');
+    return rows.map(checkpointFromRow);
   }
 
   async unsealed(): Promise<{ count: number; oldestAt: number | null }> {

@@ -409,8 +409,11 @@ export class SqliteStore implements BrokerStore {
     return (statement.all(afterPosition, limit) as unknown as unknown[][]).map(chainRowFromValues);
   }
 
-  async listCheckpoints(): Promise<Checkpoint[]> {
-    return this.#statement('SELECT * FROM audit_checkpoints ORDER BY position').all().map(checkpointFromRow);
+  async listCheckpoints(range?: { from: number; to: number }): Promise<Checkpoint[]> {
+    const rows = range
+      ? this.#statement('SELECT * FROM audit_checkpoints WHERE position BETWEEN ? AND ? ORDER BY position').all(range.from, range.to)
+      : this.#statement('SELECT * FROM audit_checkpoints ORDER BY position').all();
+    return rows.map(checkpointFromRow);
   }
 
   async unsealed(): Promise<{ count: number; oldestAt: number | null }> {

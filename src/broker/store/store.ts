@@ -464,8 +464,8 @@ export interface BrokerStore {
    * which each engine does as cheaply as it can (queryAudit gives the same rows).
    */
   readChain(afterPosition: number, limit: number): Promise<AuditRow[]>;
-  /** Every checkpoint, by position. */
-  listCheckpoints(): Promise<Checkpoint[]>;
+  /** Every checkpoint (or those at positions from..to), by position. */
+  listCheckpoints(range?: { from: number; to: number }): Promise<Checkpoint[]>;
   /** How many events wait to be sealed, and when the oldest was written. */
   unsealed(): Promise<{ count: number; oldestAt: number | null }>;
   /**

@@ -1,8 +1,10 @@
+import { createPublicKey } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { Option } from 'commander';
 import type { AuditRecord, VerifyReport } from '../../core/audit.ts';
 import { TamperedError, UsageError } from '../../core/errors.ts';
 import { colourOutcome, filtersFrom, parseTime, summarize } from '../audit-render.ts';
-import type { CommandDefinition } from '../command.ts';
+import type { CommandDefinition, CommandResult } from '../command.ts';
 import type { Context } from '../context.ts';
 import { renderTable } from '../table.ts';
 
@@ -94,7 +96,14 @@ function auditTable(records: AuditRecord[], next: number | null, ctx: Context): 
 export const auditVerify: CommandDefinition = {
   path: 'audit verify',
   summary: "re-compute the broker's audit hash chain and check its signed checkpoints; exit 10 if it was tampered with (auditor role)",
-  async handler(_input, ctx) {
+  define: (command) =>
+    command
+      .option('--file <path>', 'verify an exported copy instead (JSONL: a file sink, or jit audit --format jsonl), offline')
+      .option('--public-key <path>', "with --file: the broker's audit public key (PEM; GET /v1/audit/key), else asked of the broker"),
+  async handler({ options }, ctx) {
+    if (typeof options.file === 'string') return verifyFile(options.file, options.publicKey, ctx);
+    if (options.publicKey !== undefined)
+      throw new UsageError('--public-key goes with --file', { hint: 'jit audit verify --file EXPORT.jsonl --public-key KEY.pem' });
     const { client, brokerUrl } = await ctx.session();
     const spinner = ctx.out.spinner('verifying the audit chain');
     let report: VerifyReport;
@@ -161,4 +170,90 @@ function rollbackCheck(
       message: `record ${pinned.position} is not the one verified here on ${pinned.at}: the chain was replaced`,
     };
   }
+}
+
+/**
+ * Verifies an exported copy of the trail without the broker's store: the chain links record by
+ * record (from the copy's first record, whose hash is taken as given when it is not record 1),
+ * and the checkpoints the copy carries verify with the broker's public key.
+ */
+async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise<CommandResult> {
+  const { ChainVerifier } = await import('../../broker/audit/verify.ts');
+  const { keyIdOf } = await import('../../broker/audit/chain.ts');
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot read ${file}: ${error.code ?? error.message}`, {
+      hint: 'pass an export: a file sink, or jit audit --format jsonl > FILE',
+    });
+  });
+  const bySeq = new Map<number, AuditRecord>();
+  for (const [index, line] of text.split('\n').entries()) {
+    if (line.trim() === '') continue;
+    let record: AuditRecord;
+    try {
+      record = JSON.parse(line) as AuditRecord;
+    } catch {
+      throw new UsageError(`${file}:${index + 1} is not a JSON record`, { hint: 'the copy is JSONL: one audit record per line' });
+    }
+    // At-least-once delivery may repeat a batch: a seq is one record forever.
+    if (!bySeq.has(record.seq)) bySeq.set(record.seq, record);
+  }
+  const records = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+  const [first] = records;
+  if (!first) throw new UsageError(`${file} holds no audit records`, { hint: 'export some first: jit audit --format jsonl > FILE' });
+  const pem =
+    typeof keyFile === 'string'
+      ? await readFile(keyFile, 'utf8').catch((error: NodeJS.ErrnoException) => {
+          throw new UsageError(`cannot read ${keyFile}: ${error.code ?? error.message}`, { hint: 'save it from GET /v1/audit/key' });
+        })
+      : (await (await ctx.session()).client.auditKey()).publicKey;
+  let key: ReturnType<typeof createPublicKey>;
+  try {
+    key = createPublicKey(pem);
+  } catch (error) {
+    throw new UsageError(`the audit public key is not a PEM public key (${(error as Error).message})`, {
+      hint: 'save it from GET /v1/audit/key',
+    });
+  }
+  const checkpoints = records.flatMap((record) =>
+    record.checkpoint
+      ? [
+          {
+            position: record.seq,
+            hash: record.hash,
+            at: Date.parse(record.checkpoint.at),
+            keyId: record.checkpoint.keyId,
+            signature: record.checkpoint.signature,
+          },
+        ]
+      : [],
+  );
+  const start = first.seq === 1 ? undefined : { position: first.seq, hash: first.hash };
+  const verifier = new ChainVerifier(checkpoints, new Map([[keyIdOf(key), key]]), start);
+  for (const record of start ? records.slice(1) : records) {
+    const fields = {
+      position: record.seq,
+      at: Date.parse(record.at),
+      action: record.action,
+      actor: record.actor,
+      subject: record.subject,
+      grantId: record.grant,
+      scope: record.scope,
+      outcome: record.outcome,
+      detail: JSON.stringify(record.details),
+    };
+    if (!verifier.add(fields, record.hash)) break;
+  }
+  const report = verifier.finish(0, 0);
+  if (!report.ok) {
+    throw new TamperedError(`${file} does not verify: ${report.problem?.message ?? 'unknown problem'}`, {
+      code: `audit_${report.problem?.kind ?? 'tampered'}`.replaceAll('-', '_'),
+      hint: 'a copy filtered by action (a sink with `actions`) has gaps by design; otherwise compare it with the broker (jit audit verify)',
+    });
+  }
+  const last = records.at(-1)?.seq ?? first.seq;
+  const from = start ? `records ${first.seq}-${last} (from record ${first.seq}'s hash as given)` : `records 1-${last}`;
+  const signed = report.checkpoint
+    ? `, up to checkpoint ${report.checkpoint.position} signed by key ${report.checkpoint.keyId}`
+    : ', with no signed checkpoint in the copy';
+  return { data: { ...report, file, from: first.seq, to: last }, human: `${ctx.out.color.green('verified')} ${file}: ${from}${signed}` };
 }
