@@ -46,6 +46,11 @@ export const auditRecordSchema = {
     outcome: { type: 'string', enum: ['ok', 'pending', 'denied', 'error', 'alert'], description: 'records with this outcome' },
     details: { type: 'object', description: 'the action-specific rest; never a secret' },
     hash: { type: 'string', description: 'SHA-256 chain hash (docs/audit.md#proof)' },
+    checkpoint: {
+      type: 'object',
+      description: 'on a record a checkpoint was signed at: the Ed25519 signature over its seq and hash (outside the hash)',
+      properties: { at: { type: 'string', format: 'date-time' }, keyId: { type: 'string' }, signature: { type: 'string' } },
+    },
   },
 } as const;
 
