@@ -9,11 +9,13 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { buildApi } from '../../src/broker/api/server.ts';
 import { signingKeyFromPem } from '../../src/broker/audit/chain.ts';
 import { AuditLog } from '../../src/broker/audit/log.ts';
 import { verifyStore } from '../../src/broker/audit/verify.ts';
 import { initialConfigYaml, parseBrokerConfig } from '../../src/broker/config.ts';
 import { GrantService } from '../../src/broker/grants/service.ts';
+import { PrincipalService } from '../../src/broker/principals/service.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
 import type { AuditEvent, BrokerStore, GrantRecord } from '../../src/broker/store/store.ts';
@@ -96,6 +98,8 @@ type Measured = {
   verifyRuns: number[];
   withAudit: number[];
   withoutAudit: number[];
+  /** The same over HTTP: POST /v1/grants to a broker API. */
+  http: { withAudit: number[]; withoutAudit: number[] };
 };
 
 async function appendAndSeal(
@@ -172,6 +176,65 @@ async function issueLatency(store: BrokerStore, dir: string): Promise<{ withAudi
   return { withAudit, withoutAudit };
 }
 
+/**
+ * POST /v1/grants latencies through two real brokers' APIs on one store (token auth, routing,
+ * JSON, the grant): one writes the issue's audit event as the broker does, one drops it. Both
+ * seal as a broker does (every 100 ms). Rounds alternate as in issueLatency.
+ */
+async function httpIssueLatency(store: BrokerStore, dir: string): Promise<{ withAudit: number[]; withoutAudit: number[] }> {
+  const config = parseBrokerConfig(initialConfigYaml('user:bench'), path.join(dir, 'broker.yaml'));
+  const clock = { now: () => Date.now() };
+  const principals = new PrincipalService({ store, clock });
+  const { token } = await principals.create('local:bench', { subject: 'user:bench', roles: ['requester'] });
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const key = signingKeyFromPem(String(privateKey.export({ type: 'pkcs8', format: 'pem' })));
+  const audit = new AuditLog({ store, clock, key, checkpointEvery: 1000, checkpointIntervalMs: 10_000 });
+  audit.start(100);
+  const servers: { url: string; close: () => Promise<void> }[] = [];
+  for (const variant of [store, withoutIssueEvent(store)]) {
+    let url = '';
+    const grants = new GrantService({ config, store: variant, clock, publicUrl: () => url });
+    const app = buildApi({ config, grants, principals, audit, version: 'bench' });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+    servers.push({ url, close: () => app.close() });
+  }
+  const body = JSON.stringify({ scopes: ['datasets/train'], reason: 'bench' });
+  const round = async (url: string, samples: number[] | undefined) => {
+    for (let index = 0; index < ISSUES_PER_ROUND; index += 1) {
+      const started = performance.now();
+      const response = await fetch(`${url}/v1/grants`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body,
+      });
+      await response.arrayBuffer();
+      if (response.status !== 201) throw new Error(`POST /v1/grants answered ${response.status}`);
+      samples?.push(performance.now() - started);
+    }
+  };
+  const [audited, bare] = servers as [(typeof servers)[0], (typeof servers)[0]];
+  try {
+    await round(audited.url, undefined);
+    await round(bare.url, undefined);
+    const withAudit: number[] = [];
+    const withoutAudit: number[] = [];
+    for (let index = 0; index < ISSUE_ROUNDS; index += 1) {
+      const order: [string, number[]][] = [
+        [audited.url, withAudit],
+        [bare.url, withoutAudit],
+      ];
+      if (index % 2) order.reverse();
+      for (const [url, samples] of order) await round(url, samples);
+    }
+    return { withAudit, withoutAudit };
+  } finally {
+    for (const server of servers) await server.close();
+    await audit.stop();
+  }
+}
+
 async function measure(engine: Engine): Promise<Measured> {
   const dir = await mkdtemp(path.join(tmpdir(), 'jit-bench-audit-config-'));
   const { store, drop } = await engine.open();
@@ -188,6 +251,8 @@ async function measure(engine: Engine): Promise<Measured> {
     const checkpoints = (await store.listCheckpoints()).length;
     process.stderr.write(`bench:audit: ${engine.name}: issue latency\n`);
     const latency = await issueLatency(store, dir);
+    process.stderr.write(`bench:audit: ${engine.name}: POST /v1/grants latency\n`);
+    const http = await httpIssueLatency(store, dir);
     return {
       engine: engine.name,
       appendPerSecond: rate(RECORDS, appendMs),
@@ -197,6 +262,7 @@ async function measure(engine: Engine): Promise<Measured> {
       checkpoints,
       verifyRuns,
       ...latency,
+      http,
     };
   } finally {
     await drop();
@@ -218,15 +284,17 @@ const throughputRows = results.map((result) => {
   const range = `${perSecond(Math.min(...result.verifyRuns))}–${perSecond(Math.max(...result.verifyRuns))}`;
   return `| ${result.engine} | ${perSecond(result.appendPerSecond)} | ${perSecond(result.sealPerSecond)} (first tenth ${perSecond(result.sealFirstTenth)}, last ${perSecond(result.sealLastTenth)}) | ${perSecond(verify.median)} (${range}) | ${met(verify.median >= VERIFY_TARGET)} |`;
 });
-const latencyRows = results.map((result) => {
+const latencyRow = (engine: string, result: { withAudit: number[]; withoutAudit: number[] }) => {
   const withAudit = stats(result.withAudit);
   const without = stats(result.withoutAudit);
   const added = withAudit.median / without.median - 1;
   const addedP99 = withAudit.p99 / without.p99 - 1;
   const percent = (share: number) => `${share >= 0 ? '+' : ''}${(share * 100).toFixed(1)}%`;
   const micros = (value: number) => `${Math.round(value * 1000)} µs`;
-  return `| ${result.engine} | ${fine(without.median)} / ${fine(without.p99)} | ${fine(withAudit.median)} / ${fine(withAudit.p99)} | ${micros(withAudit.median - without.median)}, ${percent(added)} / ${percent(addedP99)} | ${met(added < ISSUE_TARGET)} |`;
-});
+  return `| ${engine} | ${fine(without.median)} / ${fine(without.p99)} | ${fine(withAudit.median)} / ${fine(withAudit.p99)} | ${micros(withAudit.median - without.median)}, ${percent(added)} / ${percent(addedP99)} | ${met(added < ISSUE_TARGET)} |`;
+};
+const latencyRows = results.map((result) => latencyRow(result.engine, result));
+const httpRows = results.map((result) => latencyRow(result.engine, result.http));
 const count = RECORDS.toLocaleString('en-US');
 const markdown = `## Audit trail on ${count} records (\`npm run bench:audit\`)
 
@@ -262,6 +330,14 @@ append adds to a \`POST /v1/grants\` (target: under 10%, at the median).
 | store | without the event, p50 / p99 | with it, p50 / p99 | added, p50 / p99 | target |
 | --- | --- | --- | --- | --- |
 ${latencyRows.join('\n')}
+
+The same comparison as a caller sees it: \`POST /v1/grants\` over loopback (fetch, keep-alive) to two
+brokers' APIs on the same store, one writing the event as the broker does, one dropping it, both
+sealing every 100 ms as a broker does; ${ISSUE_ROUNDS} alternating rounds of ${ISSUES_PER_ROUND} requests.
+
+| store | without the event, p50 / p99 | with it, p50 / p99 | added, p50 / p99 | target |
+| --- | --- | --- | --- | --- |
+${httpRows.join('\n')}
 
 Reproduce: \`npm run bench:audit\` (\`JIT_BENCH_AUDIT_RECORDS\`, \`JIT_BENCH_AUDIT_VERIFY_RUNS\`,
 \`JIT_BENCH_AUDIT_ISSUE_ROUNDS\`, \`JIT_BENCH_AUDIT_ISSUES\` a round), with PostgreSQL at 127.0.0.1:5432
