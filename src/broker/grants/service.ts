@@ -265,8 +265,11 @@ export class GrantService {
   async approve(reviewer: string, id: string, reason: string | undefined): Promise<GrantView> {
     const { grant, requirements } = await this.#forReview(reviewer, id, 'approve');
     const now = this.#clock.now();
-    await this.#recordVerdict(grant, { approver: reviewer, verdict: 'approve', reason: reason ?? null, at: now });
-    await this.#audit('grant.approved', grant, { by: reviewer, reason: reason ?? null });
+    await this.#recordVerdict(
+      grant,
+      { approver: reviewer, verdict: 'approve', reason: reason ?? null, at: now },
+      aboutGrant(grant, now, { type: 'grant.approved', detail: { by: reviewer, reason: reason ?? null } }),
+    );
     const status = statusOf(requirements, await this.#store.listApprovals(id), grant.subject, this.#config);
     if (allMet(status)) {
       const expiresAt = now + grant.ttlSeconds * 1000;
@@ -301,8 +304,9 @@ export class GrantService {
     return this.#view((await this.#store.getGrant(id)) ?? grant);
   }
 
-  async #recordVerdict(grant: GrantRecord, verdict: Omit<ApprovalRecord, 'grantId'>): Promise<void> {
-    if (await this.#store.addApproval({ grantId: grant.id, ...verdict })) return;
+  /** A reviewer's verdict, with its audit event (when it has one of its own) in the same transaction. */
+  async #recordVerdict(grant: GrantRecord, verdict: Omit<ApprovalRecord, 'grantId'>, event?: AuditEvent): Promise<void> {
+    if (await this.#store.addApproval({ grantId: grant.id, ...verdict }, event)) return;
     throw new ConflictError(`${verdict.approver} has already reviewed grant ${grant.id}`, {
       code: 'already_reviewed',
       hint: 'each approver reviews a request once; `jit approvals` lists what still waits for you',

@@ -320,12 +320,17 @@ export class PostgresStore implements BrokerStore {
     return row ? toGrant(row) : undefined;
   }
 
-  async addApproval(approval: ApprovalRecord): Promise<boolean> {
-    const rows = await this.#rows(
-      `INSERT INTO approvals (grant_id, approver, verdict, reason, at) VALUES ($1, $2, $3, $4, $5)
-       ON CONFLICT (grant_id, approver) DO NOTHING RETURNING grant_id`,
-      [approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at],
-    );
+  async addApproval(approval: ApprovalRecord, event?: AuditEvent): Promise<boolean> {
+    const insert = `INSERT INTO approvals (grant_id, approver, verdict, reason, at) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (grant_id, approver) DO NOTHING RETURNING grant_id`;
+    const values = [approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at];
+    // One statement: the verdict and its audit event commit together, or neither.
+    const rows = event
+      ? await this.#rows(
+          `WITH added AS (${insert}), audited AS (${this.#eventInsert(values.length, 'added')}) SELECT grant_id FROM added`,
+          [...values, ...eventValues(event)],
+        )
+      : await this.#rows(insert, values);
     return rows.length === 1;
   }
 

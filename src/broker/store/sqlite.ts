@@ -232,12 +232,16 @@ export class SqliteStore implements BrokerStore {
     return this.#changeGrant(() => update.get(expiresAt, id, now, now, expiresAt), now, event);
   }
 
-  async addApproval(approval: ApprovalRecord): Promise<boolean> {
-    const result = this.#statement(
+  async addApproval(approval: ApprovalRecord, event?: AuditEvent): Promise<boolean> {
+    const insert = this.#statement(
       `INSERT INTO approvals (grant_id, approver, verdict, reason, at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (grant_id, approver) DO NOTHING`,
-    ).run(approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at);
-    return Number(result.changes) === 1;
+    );
+    return this.#transaction(() => {
+      const added = Number(insert.run(approval.grantId, approval.approver, approval.verdict, approval.reason, approval.at).changes) === 1;
+      if (added && event) this.#insertEvent(event);
+      return added;
+    });
   }
 
   async listApprovals(grantId: string): Promise<ApprovalRecord[]> {

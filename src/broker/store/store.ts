@@ -419,7 +419,7 @@ export interface BrokerStore {
   /** Moves the expiry of a grant usable at `now` later, to `expiresAt`; undefined if not usable or not later. */
   renewGrant(id: string, expiresAt: number, now: number, event?: GrantEvent): Promise<GrantRecord | undefined>;
   /** Records a reviewer's verdict; false when this reviewer already gave one for this grant. */
-  addApproval(approval: ApprovalRecord): Promise<boolean>;
+  addApproval(approval: ApprovalRecord, event?: AuditEvent): Promise<boolean>;
   listApprovals(grantId: string): Promise<ApprovalRecord[]>;
   /**
    * Ends up to `limit` pending grants that can no longer be approved, exactly once across
