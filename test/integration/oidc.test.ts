@@ -59,6 +59,11 @@ describe('OIDC exchange', () => {
       clockSkew: 5s
       sessionTtl: 3h
       keyRefreshCooldown: 1s
+    - name: down
+      issuer: http://127.0.0.1:9/down
+      audience: ${AUDIENCE}
+      jwksUri: http://127.0.0.1:9/down/jwks
+      subject: "ci:down:{sub}"
     - name: airgap
       issuer: ${airgap.url}
       audience: [${AUDIENCE}, "https://other.test"]
@@ -102,6 +107,14 @@ describe('OIDC exchange', () => {
     }
   };
   const lastRejection = async () => (await events()).filter((event) => event.type === 'auth.oidc_rejected').at(-1);
+
+  it("answers 503 oidc_unavailable, uncounted as a failed login, when the issuer's keys cannot be fetched", async () => {
+    const { status, body } = await exchange(await issuer.sign({ iss: 'http://127.0.0.1:9/down' }));
+    assert.equal(status, 503, JSON.stringify(body));
+    assert.equal(body.code, 'oidc_unavailable');
+    assert.match(String(body.detail), /^the CI identity token could not be checked: /);
+    assert.equal((await lastRejection())?.detail.reason, 'keys_unavailable');
+  });
 
   it('exchanges a valid token for a requester session with the mapped subject, and records the deciding claims', async () => {
     const { status, body } = await exchange(await issuer.sign());

@@ -1,4 +1,4 @@
-import { AuthError } from '../../core/errors.ts';
+import { AuthError, ExitCode, JitError } from '../../core/errors.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { Clock } from '../grants/service.ts';
@@ -51,13 +51,22 @@ const IDENTITY_CLAIMS = [
 
 /** The HTTP answer to a refused token: 401, so that the failed-authentication limit counts it. */
 export class OidcRejectedError extends AuthError {
-  constructor(message: string, reason: string) {
+  constructor(message: string) {
     super(message, {
-      code: reason === 'keys_unavailable' ? 'oidc_unavailable' : 'oidc_rejected',
-      hint:
-        reason === 'keys_unavailable'
-          ? "the broker could not reach the CI issuer's keys; try again, or give them inline (oidc.issuers[].jwks)"
-          : "check the job's audience (JIT_OIDC_AUDIENCE) and the broker's oidc.issuers; the broker's audit trail has the reason",
+      code: 'oidc_rejected',
+      hint: "check the job's audience (JIT_OIDC_AUDIENCE) and the broker's oidc.issuers; the broker's audit trail has the reason",
+    });
+  }
+}
+
+/**
+ * The issuer's keys could not be fetched: the token was not judged at all. 503 (exit 6), like any
+ * dependency of the broker that is down, and not counted as a failed authentication.
+ */
+export class OidcUnavailableError extends JitError {
+  constructor(message: string) {
+    super(message, ExitCode.brokerUnreachable, 503, 'oidc_unavailable', {
+      hint: "the broker could not reach the CI issuer's keys; try again, or give them inline (oidc.issuers[].jwks)",
     });
   }
 }
@@ -147,7 +156,8 @@ export class OidcExchange {
       // The claims as the token states them, unverified (that is why it was refused): to find the job.
       detail: { issuer: issuer ?? null, reason, message, header: tokenHeader(token), claims: this.#deciding(unverifiedPart(token, 1)) },
     });
-    throw new OidcRejectedError(`the CI identity token was refused: ${message}`, reason);
+    if (reason === 'keys_unavailable') throw new OidcUnavailableError(`the CI identity token could not be checked: ${message}`);
+    throw new OidcRejectedError(`the CI identity token was refused: ${message}`);
   }
 
   /** The deciding claims only, each cut short: never the whole token, never its signature. */
