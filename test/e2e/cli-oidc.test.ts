@@ -136,6 +136,14 @@ describe('jit in a CI job with an OIDC identity and no stored jit token', () => 
     assert.match(whoami.stdout, /session ends/);
   });
 
+  it('jit doctor checks the CI identity: the subject the broker sees, and where the token came from', async () => {
+    const doctor = await jit(['doctor', '--json'], { env: ciEnv });
+    const report = JSON.parse(doctor.stdout) as { checks: { name: string; status: string; detail: string }[] };
+    const auth = report.checks.find((check) => check.name === 'auth');
+    assert.equal(auth?.status, 'pass', doctor.stdout);
+    assert.equal(auth?.detail, `authenticated as ${SUBJECT} (CI OIDC identity, GitHub Actions)`);
+  });
+
   it('a refused token is one line naming the reason, exit 3, and never echoed', async () => {
     const token = await issuer.sign({ aud: 'https://someone-else.test' });
     const env: NodeJS.ProcessEnv = { ...ciEnv, ACTIONS_ID_TOKEN_REQUEST_URL: undefined, JIT_OIDC_TOKEN: token };

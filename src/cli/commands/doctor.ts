@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import { BrokerClient } from '../../client/broker-client.ts';
+import { describeSource, oidcSource } from '../../client/oidc.ts';
 import { wrapperGone } from '../../client/release.ts';
 import { JitError } from '../../core/errors.ts';
 import type { SecretStore } from '../../secrets/store.ts';
@@ -78,11 +79,23 @@ function clockCheck(brokerDate: string | undefined, localMs: number): Check {
 }
 
 async function authCheck(ctx: Context, fromEnv: boolean, loginFix: string): Promise<Check> {
-  const fix = fromEnv ? 'set JIT_TOKEN to a valid token for JIT_BROKER_URL, or unset both and `jit login --broker URL`' : loginFix;
+  // The same choice every command makes: JIT_TOKEN, else the CI job's OIDC identity, else the keychain token.
+  const oidc = ctx.env.JIT_TOKEN ? undefined : oidcSource(ctx.env);
+  const fix = oidc
+    ? "give the job an identity token the broker accepts (GitHub: permissions id-token: write; GitLab: id_tokens) and check the broker's oidc.issuers (docs/ci.md#oidc-no-stored-secret)"
+    : fromEnv
+      ? 'set JIT_TOKEN to a valid token for JIT_BROKER_URL, or unset both and `jit login --broker URL`'
+      : loginFix;
   try {
     const session = await ctx.session();
     const { subject } = await session.client.whoami();
-    return { name: 'auth', status: 'pass', detail: `authenticated as ${subject} (${fromEnv ? 'JIT_TOKEN' : 'keychain token'})` };
+    const how =
+      session.auth === 'oidc' && oidc
+        ? `CI OIDC identity, ${describeSource(oidc)}`
+        : session.auth === 'env'
+          ? 'JIT_TOKEN'
+          : 'keychain token';
+    return { name: 'auth', status: 'pass', detail: `authenticated as ${subject} (${how})` };
   } catch (error) {
     return { name: 'auth', status: 'fail', detail: messageOf(error), fix };
   }
