@@ -51,6 +51,7 @@ export type AuditLogOptions = {
 };
 
 const SEAL_BATCH = 2000;
+const IDLE_CHECK_MS = 1000;
 
 /**
  * The broker's audit log: events are appended by the lifecycle (in the transaction of the change
@@ -67,6 +68,8 @@ export class AuditLog {
   readonly #trusted: Map<string, KeyObject>;
   readonly #listeners = new Set<() => void>();
   #sealing: Promise<number> | undefined;
+  /** When this replica last looked for a head left unsigned by quiet (a checkpoint is due by time alone). */
+  #idleCheckedAt = 0;
   #again = false;
   #soon: NodeJS.Timeout | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -138,7 +141,12 @@ export class AuditLog {
       this.#again = false;
       for (;;) {
         const sealed: AuditRow[] = [];
-        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed));
+        // Once a second, an empty round still signs a checkpoint when checkpointInterval has passed
+        // over unsigned records: quiet must not leave the newest records unsigned.
+        const now = this.#clock.now();
+        const evenIfNone = now - this.#idleCheckedAt >= IDLE_CHECK_MS;
+        if (evenIfNone) this.#idleCheckedAt = now;
+        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed), { evenIfNone });
         // undefined: another replica is sealing; it will notice these rows.
         if (!count) break;
         total += count;
@@ -167,7 +175,8 @@ export class AuditLog {
     });
     const now = this.#clock.now();
     const last = head.checkpoint;
-    const due = !last || position - last.position >= this.#every || now - last.at >= this.#intervalMs;
+    const unsigned = position > (last?.position ?? 0);
+    const due = unsigned && (!last || position - last.position >= this.#every || now - last.at >= this.#intervalMs);
     return { sealed, checkpoint: due ? signCheckpoint(this.#key, position, previous, now) : undefined };
   }
 

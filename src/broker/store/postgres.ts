@@ -449,7 +449,11 @@ export class PostgresStore implements BrokerStore {
   }
 
   /** One transaction under the sealing try-lock; a replica that does not get it skips (undefined). */
-  async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number | undefined> {
+  async sealEvents(
+    limit: number,
+    plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
+    options: { evenIfNone?: boolean } = {},
+  ): Promise<number | undefined> {
     const client = await this.#pool.connect();
     try {
       await client.query('BEGIN');
@@ -461,11 +465,15 @@ export class PostgresStore implements BrokerStore {
       const rows = (await client.query('SELECT * FROM events WHERE position IS NULL ORDER BY seq LIMIT $1', [limit])).rows.map(
         unsealedFromRow,
       );
-      if (rows.length === 0) {
+      if (rows.length === 0 && !options.evenIfNone) {
         await client.query('ROLLBACK');
         return 0;
       }
       const { sealed, checkpoint } = plan(await this.#head(client), rows);
+      if (sealed.length === 0 && !checkpoint) {
+        await client.query('ROLLBACK');
+        return 0;
+      }
       await client.query(
         `UPDATE events SET position = v.position, hash = v.hash, detail = v.detail
          FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS v(seq, position, hash, detail)

@@ -363,12 +363,16 @@ export class SqliteStore implements BrokerStore {
     return rows.map((row) => eventFromRow({ row, json: fromText }));
   }
 
-  async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number> {
+  async sealEvents(
+    limit: number,
+    plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
+    options: { evenIfNone?: boolean } = {},
+  ): Promise<number> {
     const unsealed = this.#statement(`SELECT * FROM events WHERE seq > ${AFTER_LAST_SEALED} AND position IS NULL ORDER BY seq LIMIT ?`);
     const seal = this.#statement('UPDATE events SET position = ?, hash = ?, detail = ? WHERE seq = ? AND position IS NULL');
     return this.#transaction(() => {
       const rows = unsealed.all(limit).map(unsealedFromRow);
-      if (rows.length === 0) return 0;
+      if (rows.length === 0 && !options.evenIfNone) return 0;
       const { sealed, checkpoint } = plan(this.#head(), rows);
       for (const row of sealed) seal.run(row.position, row.hash, row.detail, row.seq);
       if (checkpoint) this.#insertCheckpoint(checkpoint);

@@ -453,9 +453,15 @@ export interface BrokerStore {
   /**
    * Seals up to `limit` unsealed events, oldest insertion first, into the chain: `plan` gets the
    * head and the rows and says what to write; it all commits together. One sealer at a time
-   * across replicas: a replica that finds another sealing returns undefined at once.
+   * across replicas: a replica that finds another sealing returns undefined at once. With
+   * `evenIfNone`, `plan` is asked with no rows too, so it can sign a checkpoint over a head that
+   * quiet has left unsigned.
    */
-  sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan): Promise<number | undefined>;
+  sealEvents(
+    limit: number,
+    plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
+    options?: { evenIfNone?: boolean },
+  ): Promise<number | undefined>;
   chainHead(): Promise<ChainHead>;
   /** Sealed records matching `query`, by position. */
   queryAudit(query: AuditQuery): Promise<AuditRow[]>;
