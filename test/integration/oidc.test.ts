@@ -18,6 +18,7 @@ const SUBJECT = 'ci:github:acme/train-pipeline@refs/heads/main';
 describe('OIDC exchange', () => {
   let issuer: TestIssuer;
   let airgap: TestIssuer;
+  let gitlab: TestIssuer;
   let broker: TestBroker;
   let skew = 0;
   const secrets: string[] = [];
@@ -25,6 +26,7 @@ describe('OIDC exchange', () => {
   before(async () => {
     issuer = await startTestIssuer({ audience: AUDIENCE });
     airgap = await startTestIssuer({ audience: AUDIENCE });
+    gitlab = await startTestIssuer({ audience: AUDIENCE });
     broker = await startTestBroker({
       clock: { now: () => Date.now() + skew },
       policy: `policy:
@@ -70,6 +72,11 @@ describe('OIDC exchange', () => {
       jwks: ${JSON.stringify(airgap.jwks())}
       subject: "ci:airgap:{sub}"
       sessionTtl: 30m
+    - name: gitlab
+      issuer: ${gitlab.url}
+      audience: ${AUDIENCE}
+      jwks: ${JSON.stringify(gitlab.jwks())}
+      subject: "ci:gitlab:{project_path}@{ref}"
 `,
     });
   });
@@ -77,6 +84,7 @@ describe('OIDC exchange', () => {
     await broker?.cleanup();
     await issuer?.close();
     await airgap?.close();
+    await gitlab?.close();
   });
 
   const exchange = async (token: string) => {
@@ -180,6 +188,28 @@ describe('OIDC exchange', () => {
     assert.equal(status, 401);
     assert.equal(body.code, 'oidc_rejected');
     assert.equal((await lastRejection())?.detail.reason, 'claims_not_allowed');
+  });
+
+  it('refuses a claim value that would forge a subject a ci: glob matches (bad_subject), and keeps real refs', async () => {
+    // `ci:gitlab:acme/sandbox@pwn@main` would match `ci:gitlab:acme/*@main` (`*` is anything but `/`),
+    // `ci:github:acme/sandbox@x@refs/heads/main` would match `ci:github:acme/**@refs/heads/main`.
+    const forged = [
+      () => gitlab.sign({ project_path: 'acme/sandbox', ref: 'pwn@main' }),
+      () => issuer.sign({ repository: 'acme/sandbox', ref: 'x@refs/heads/main' }),
+    ];
+    for (const make of forged) {
+      const { status, body } = await exchange(await make());
+      assert.equal(status, 401, JSON.stringify(body));
+      assert.equal(body.code, 'oidc_rejected');
+      assert.match(String(body.detail), /claim ref is empty or holds a character a subject may not/);
+      const rejection = await lastRejection();
+      assert.equal(rejection?.detail.reason, 'bad_subject');
+      assert.equal(rejection?.subject, null);
+    }
+    const main = await exchange(await gitlab.sign({ project_path: 'acme/sandbox', ref: 'main' }));
+    assert.equal(main.body.subject, 'ci:gitlab:acme/sandbox@main');
+    const tag = await exchange(await issuer.sign({ ref: 'refs/tags/v1.2.3' }));
+    assert.equal(tag.body.subject, 'ci:github:acme/train-pipeline@refs/tags/v1.2.3');
   });
 
   const bad: [string, () => Promise<string>, string, RegExp][] = [

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { explainRequest } from '../../src/broker/check-config.ts';
 import { parseBrokerConfig } from '../../src/broker/config.ts';
+import { OidcRejection, subjectFor } from '../../src/broker/oidc/verify.ts';
 import { decide, type Principal } from '../../src/broker/policy/evaluate.ts';
 import { parseScope } from '../../src/core/scope.ts';
 import { ROOT } from '../helpers/cli.ts';
@@ -114,6 +115,38 @@ describe('oidc.issuers in broker.yaml', () => {
       `${HEADER}policy:\n  rules:\n    - name: ci\n      subjects: ["user:ana"]\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n      approval: { approvers: ["ci:github:**"] }\n`,
       /policy\.rules\.0\.approval\.approvers\.0: an approver is user:NAME or group:NAME \(a CI identity has the requester role only\)/,
     );
+  });
+
+  it('makes subjects of real GitHub and GitLab claim values, and refuses a value that could forge one (bad_subject)', () => {
+    const [github] = parseBrokerConfig(issuer('      subject: "ci:github:{repository}@{ref}"\n'), FILE).oidcIssuers;
+    assert.ok(github);
+    const subject = (ref: unknown, repository: unknown = 'acme/train-pipeline') => subjectFor(github, { repository, ref });
+    for (const ref of ['refs/heads/main', 'refs/tags/v1.2.3', 'refs/pull/12/merge', 'refs/heads/feat_x-1.2+b=c~d', 4242]) {
+      assert.equal(subject(ref), `ci:github:acme/train-pipeline@${ref}`);
+    }
+    assert.equal(subject('main', 'acme/sub-group/project.name'), 'ci:github:acme/sub-group/project.name@main');
+    for (const ref of [
+      'x@refs/heads/main',
+      'pwn@main',
+      'a:b',
+      'refs/heads/*',
+      'refs/heads/{x}',
+      'a?b',
+      'a[b]',
+      'a b',
+      'a\tb',
+      'a\nb',
+      '\u0000',
+      'é',
+      '',
+    ]) {
+      assert.throws(
+        () => subject(ref),
+        (error: unknown) =>
+          error instanceof OidcRejection && error.reason === 'bad_subject' && /claim ref is empty or holds a character/.test(error.message),
+        JSON.stringify(ref),
+      );
+    }
   });
 
   it('jit policy explain --issuer makes the subject from the claims and applies the session TTL', async () => {

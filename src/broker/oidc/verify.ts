@@ -76,7 +76,7 @@ export class OidcVerifier {
     }
     const issuer = this.#issuers.find((candidate) => candidate.issuer === unverified.iss);
     if (!issuer) {
-      const named = typeof unverified.iss === 'string' ? `"${unverified.iss.slice(0, 200)}"` : 'no issuer';
+      const named = typeof unverified.iss === 'string' ? `"${unverified.iss.slice(0, 100)}"` : 'no issuer';
       throw new OidcRejection('unknown_issuer', `the token names ${named}, which this broker does not trust (oidc.issuers)`);
     }
     let payload: JWTPayload;
@@ -211,18 +211,35 @@ export function identityFor(issuer: OidcIssuer, claims: JWTPayload): string {
   return subjectFor(issuer, claims);
 }
 
+/**
+ * What a claim value may hold to go into a subject: the characters of repository and project
+ * paths, refs and ids. Not `@` or `:`, which separate a subject's parts, and not glob or template
+ * syntax: a branch named `x@refs/heads/main` must not make a subject that a `ci:` glob written
+ * for main matches.
+ */
+const SUBJECT_VALUE = /^[A-Za-z0-9._\-/+=~]+$/;
+
 /** The subject template with the token's claims in it: `ci:github:{repository}@{ref}` -> `ci:github:acme/x@refs/heads/main`. */
 export function subjectFor(issuer: OidcIssuer, claims: JWTPayload): string {
   const missing: string[] = [];
+  const unsafe: string[] = [];
   const subject = issuer.subject.replace(/\{([^}]+)\}/g, (_, claim: string) => {
     const text = claimText(claims[claim]);
     if (text === undefined) missing.push(claim);
+    else if (!SUBJECT_VALUE.test(text)) unsafe.push(claim);
     return text ?? '';
   });
   if (missing.length > 0) {
     throw new OidcRejection(
       'bad_subject',
       `the token lacks claim ${missing.join(', ')}, which the subject template of issuer ${issuer.name} needs`,
+      issuer,
+    );
+  }
+  if (unsafe.length > 0) {
+    throw new OidcRejection(
+      'bad_subject',
+      `claim ${unsafe.join(', ')} is empty or holds a character a subject may not (only letters, digits and . _ - / + = ~)`,
       issuer,
     );
   }
