@@ -161,11 +161,26 @@ describe('jit watch and jit audit', () => {
 
     const tail = path.join(dir, 'tail.jsonl');
     await writeFile(tail, `${lines.slice(3).join('\n')}\n`);
-    assert.equal(
-      (await jit(['audit', 'verify', '--file', tail, '--public-key', publicKey], { env: offline })).code,
-      0,
-      'a copy may start mid-chain',
-    );
+    const fromTail = await jit(['audit', 'verify', '--file', tail, '--public-key', publicKey], { env: offline });
+    assert.equal(fromTail.code, 0, fromTail.stderr);
+    assert.match(fromTail.stdout, /from signed checkpoint \d+/, 'a copy may start mid-chain, from a signed checkpoint');
+
+    // A second, different record 5 (a SIEM keeping the last one would take the forgery).
+    const forged = lines[4]?.replace('"user:admin"', '"user:mallory"') ?? '';
+    await writeFile(copy, `${[...lines, forged].join('\n')}\n`);
+    const twice = await jit(['audit', 'verify', '--file', copy, '--public-key', publicKey], { env: offline });
+    assert.equal(twice.code, 10);
+    assert.match(twice.stderr, /two different records claim seq 5/);
+
+    // Every checkpoint stripped: nothing ties the copy to the broker's key any more.
+    const stripped = lines.map((line) => {
+      const { checkpoint: _, ...record } = JSON.parse(line) as AuditRecord;
+      return JSON.stringify(record);
+    });
+    await writeFile(copy, `${stripped.join('\n')}\n`);
+    const unsigned = await jit(['audit', 'verify', '--file', copy, '--public-key', publicKey, '--json'], { env: offline });
+    assert.equal(unsigned.code, 10);
+    assert.equal((JSON.parse(unsigned.stdout) as { error: { code: string } }).error.code, 'audit_unsigned');
 
     const edited = lines.map((line, index) => (index === 3 ? line.replace('"user:admin"', '"user:mallory"') : line));
     await writeFile(copy, `${edited.join('\n')}\n`);

@@ -173,19 +173,21 @@ function rollbackCheck(
 }
 
 /**
- * Verifies an exported copy of the trail without the broker's store: the chain links record by
- * record (from the copy's first record, whose hash is taken as given when it is not record 1),
- * and the checkpoints the copy carries verify with the broker's public key.
+ * Verifies an exported copy of the trail without the broker's store. The copy must carry at least
+ * one checkpoint signed by the broker's key: that ties it to the broker. From genesis (a copy that
+ * starts at record 1) or from its first signed checkpoint (a copy that starts mid-chain), each
+ * record must hash from the one before, and every later checkpoint must be signed. What a copy
+ * cannot show: records cut off after its last checkpoint (compare with the broker for that).
  */
 async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise<CommandResult> {
   const { ChainVerifier } = await import('../../broker/audit/verify.ts');
-  const { keyIdOf } = await import('../../broker/audit/chain.ts');
+  const { checkpointSigned, keyIdOf } = await import('../../broker/audit/chain.ts');
   const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
     throw new UsageError(`cannot read ${file}: ${error.code ?? error.message}`, {
       hint: 'pass an export: a file sink, or jit audit --format jsonl > FILE',
     });
   });
-  const bySeq = new Map<number, AuditRecord>();
+  const bySeq = new Map<number, { record: AuditRecord; text: string }>();
   for (const [index, line] of text.split('\n').entries()) {
     if (line.trim() === '') continue;
     let record: AuditRecord;
@@ -194,10 +196,21 @@ async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise
     } catch {
       throw new UsageError(`${file}:${index + 1} is not a JSON record`, { hint: 'the copy is JSONL: one audit record per line' });
     }
-    // At-least-once delivery may repeat a batch: a seq is one record forever.
-    if (!bySeq.has(record.seq)) bySeq.set(record.seq, record);
+    if (!Number.isSafeInteger(record.seq) || record.seq < 1) {
+      throw new UsageError(`${file}:${index + 1} has no record seq`, { hint: 'the copy is JSONL: one audit record per line' });
+    }
+    // At-least-once delivery may repeat a batch: the same record again is fine, another one is not.
+    const canonical = JSON.stringify(record);
+    const seen = bySeq.get(record.seq);
+    if (seen && seen.text !== canonical) {
+      throw new TamperedError(`${file} does not verify: two different records claim seq ${record.seq}`, {
+        code: 'audit_altered',
+        hint: 'compare both with the broker (jit audit --after SEQ-1 --limit 1)',
+      });
+    }
+    if (!seen) bySeq.set(record.seq, { record, text: canonical });
   }
-  const records = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+  const records = [...bySeq.values()].map((entry) => entry.record).sort((a, b) => a.seq - b.seq);
   const [first] = records;
   if (!first) throw new UsageError(`${file} holds no audit records`, { hint: 'export some first: jit audit --format jsonl > FILE' });
   const pem =
@@ -214,22 +227,35 @@ async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise
       hint: 'save it from GET /v1/audit/key',
     });
   }
-  const checkpoints = records.flatMap((record) =>
+  const checkpointOf = (record: AuditRecord) =>
     record.checkpoint
-      ? [
-          {
-            position: record.seq,
-            hash: record.hash,
-            at: Date.parse(record.checkpoint.at),
-            keyId: record.checkpoint.keyId,
-            signature: record.checkpoint.signature,
-          },
-        ]
-      : [],
-  );
-  const start = first.seq === 1 ? undefined : { position: first.seq, hash: first.hash };
-  const verifier = new ChainVerifier(checkpoints, new Map([[keyIdOf(key), key]]), start);
-  for (const record of start ? records.slice(1) : records) {
+      ? {
+          position: record.seq,
+          hash: record.hash,
+          at: Date.parse(record.checkpoint.at),
+          keyId: record.checkpoint.keyId,
+          signature: record.checkpoint.signature,
+        }
+      : undefined;
+  const checkpoints = records.flatMap((record) => checkpointOf(record) ?? []);
+  const unsigned = () =>
+    new TamperedError(`${file} does not verify: it holds no checkpoint signed by key ${keyIdOf(key)}, so nothing ties it to the broker`, {
+      code: 'audit_unsigned',
+      hint: 'export a stretch that reaches a checkpoint (they come every checkpointEvery records or checkpointInterval), with the right --public-key',
+    });
+  if (checkpoints.length === 0) throw unsigned();
+  // Mid-chain: start at the first signed checkpoint; the records before it cannot be checked.
+  let anchor: AuditRecord | undefined;
+  if (first.seq !== 1) {
+    anchor = records.find((record) => {
+      const checkpoint = checkpointOf(record);
+      return checkpoint !== undefined && checkpoint.keyId === keyIdOf(key) && checkpointSigned(checkpoint, key);
+    });
+    if (!anchor) throw unsigned();
+  }
+  const verifier = new ChainVerifier(checkpoints, new Map([[keyIdOf(key), key]]), anchor && { position: anchor.seq, hash: anchor.hash });
+  for (const record of records) {
+    if (anchor && record.seq <= anchor.seq) continue;
     const fields = {
       position: record.seq,
       at: Date.parse(record.at),
@@ -250,10 +276,15 @@ async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise
       hint: 'a copy filtered by action (a sink with `actions`) has gaps by design; otherwise compare it with the broker (jit audit verify)',
     });
   }
+  const reached = report.checkpoint ?? (anchor?.checkpoint ? { position: anchor.seq, keyId: anchor.checkpoint.keyId } : undefined);
+  if (!reached) throw unsigned();
   const last = records.at(-1)?.seq ?? first.seq;
-  const from = start ? `records ${first.seq}-${last} (from record ${first.seq}'s hash as given)` : `records 1-${last}`;
-  const signed = report.checkpoint
-    ? `, up to checkpoint ${report.checkpoint.position} signed by key ${report.checkpoint.keyId}`
-    : ', with no signed checkpoint in the copy';
-  return { data: { ...report, file, from: first.seq, to: last }, human: `${ctx.out.color.green('verified')} ${file}: ${from}${signed}` };
+  const range = anchor
+    ? `records ${anchor.seq}-${last}, from signed checkpoint ${anchor.seq}${anchor.seq > first.seq ? ` (records ${first.seq}-${anchor.seq - 1} come before it and are not covered)` : ''}`
+    : `records 1-${last}`;
+  const newer = last > reached.position ? `; ${last - reached.position} records after it are chained but not signed` : '';
+  return {
+    data: { ...report, file, from: anchor?.seq ?? 1, to: last, uncovered: anchor ? anchor.seq - first.seq : 0 },
+    human: `${ctx.out.color.green('verified')} ${file}: ${range}, up to checkpoint ${reached.position} signed by key ${reached.keyId}${newer}`,
+  };
 }
