@@ -3,6 +3,7 @@ import type { AuditRecord } from '../core/audit.ts';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
 import type { CommandInput } from './command.ts';
+import { printable } from './printable.ts';
 
 /** The record filters `jit audit` and `jit watch` share, as GET /v1/audit takes them. */
 export type AuditFilters = Record<string, string | undefined>;
@@ -79,7 +80,7 @@ export function summarize(record: AuditRecord): string {
       (key === 'outcome' && value === 'allowed')
     )
       return [];
-    const text = typeof value === 'string' ? value : JSON.stringify(value);
+    const text = printable(typeof value === 'string' ? value : JSON.stringify(value));
     return [`${key}=${text.length > 60 ? `${text.slice(0, 57)}...` : text}`];
   }).join(' ');
 }
@@ -89,11 +90,11 @@ export function recordLine(record: AuditRecord, color: ChalkInstance): string {
   const time = record.at.slice(11, 23);
   const parts = [
     color.dim(time),
-    colourOutcome(record.outcome, color) + ' '.repeat(Math.max(0, 7 - record.outcome.length)),
-    record.action.padEnd(24),
-    record.actor ?? '-',
-    record.grant ?? '-',
-    record.scope ?? '',
+    colourOutcome(printable(record.outcome), color) + ' '.repeat(Math.max(0, 7 - record.outcome.length)),
+    printable(record.action).padEnd(24),
+    printable(record.actor ?? '-'),
+    printable(record.grant ?? '-'),
+    printable(record.scope ?? ''),
     summarize(record),
   ];
   return parts.filter((part) => part !== '').join('  ');

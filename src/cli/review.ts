@@ -3,6 +3,7 @@ import { approvalProgress, describeApproval } from '../core/approval.ts';
 import { UsageError } from '../core/errors.ts';
 import { GRANT_ID, type GrantView } from '../core/grant.ts';
 import type { Context } from './context.ts';
+import { printable } from './printable.ts';
 import { renderTable } from './table.ts';
 
 /** "1 of 2" approvals given so far. */
@@ -22,7 +23,7 @@ export function reviewTable(grants: readonly GrantView[]): string {
       `${grant.ttlSeconds}s`,
       approvalProgressText(grant),
       grant.approval?.deadline ?? '-',
-      grant.reason ?? '',
+      printable(grant.reason ?? ''),
     ]),
   ]);
 }
@@ -55,7 +56,7 @@ export async function grantToReview(
       message: `Which request do you ${verb}?`,
       choices: grants.map((grant) => ({
         value: grant.id,
-        name: `${grant.subject} wants ${grant.scopes.join(', ')} for ${grant.ttlSeconds}s${grant.reason ? `: "${grant.reason}"` : ''}`,
+        name: `${grant.subject} wants ${grant.scopes.join(', ')} for ${grant.ttlSeconds}s${grant.reason ? `: "${printable(grant.reason)}"` : ''}`,
         description: `${grant.id}, ${approvalProgressText(grant)} approvals, times out ${grant.approval?.deadline ?? '-'}; needs ${describeApproval(grant)}`,
       })),
     },

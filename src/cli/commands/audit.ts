@@ -6,6 +6,7 @@ import { TamperedError, UsageError } from '../../core/errors.ts';
 import { colourOutcome, filtersFrom, parseTime, summarize } from '../audit-render.ts';
 import type { CommandDefinition, CommandResult } from '../command.ts';
 import type { Context } from '../context.ts';
+import { printable } from '../printable.ts';
 import { renderTable } from '../table.ts';
 
 const PAGE = 1000;
@@ -81,12 +82,12 @@ function auditTable(records: AuditRecord[], next: number | null, ctx: Context): 
     ['SEQ', 'TIME', 'ACTION', 'OUTCOME', 'ACTOR', 'GRANT', 'SCOPE', 'DETAILS'],
     ...records.map((record) => [
       String(record.seq),
-      record.at.replace('T', ' ').slice(0, 19),
-      record.action,
-      colourOutcome(record.outcome, color),
-      record.actor ?? '-',
-      record.grant ?? '-',
-      record.scope ?? '-',
+      printable(record.at.replace('T', ' ').slice(0, 19)),
+      printable(record.action),
+      colourOutcome(printable(record.outcome), color),
+      printable(record.actor ?? '-'),
+      printable(record.grant ?? '-'),
+      printable(record.scope ?? '-'),
       summarize(record),
     ]),
   ]);
