@@ -300,6 +300,101 @@ describe('OIDC exchange', () => {
   });
 });
 
+/**
+ * Anyone can POST /v1/auth/oidc, and each refusal is a permanent audit record: a caller must not
+ * be able to make the broker write much, or anything at all when it trusts no issuer.
+ */
+describe('OIDC refusals cannot flood the audit trail', () => {
+  let issuer: TestIssuer;
+  let broker: TestBroker;
+  let bare: TestBroker;
+
+  before(async () => {
+    issuer = await startTestIssuer({ audience: AUDIENCE });
+    broker = await startTestBroker({
+      extraYaml: `oidc:\n  issuers:\n    - name: github\n      issuer: ${issuer.url}\n      audience: ${AUDIENCE}\n      subject: "ci:github:{repository}@{ref}"\n`,
+    });
+    bare = await startTestBroker();
+  });
+  after(async () => {
+    await broker?.cleanup();
+    await bare?.cleanup();
+    await issuer?.close();
+  });
+
+  const exchange = async (on: TestBroker, token: string) => {
+    const response = await fetch(`${on.url}/v1/auth/oidc`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token }),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+  const rejections = async (on: TestBroker): Promise<AuditEvent[]> => {
+    const store = new SqliteStore(path.join(on.dir, 'broker.db'));
+    try {
+      return (await store.listEvents({})).filter((event) => event.type.startsWith('auth.oidc'));
+    } finally {
+      await store.close();
+    }
+  };
+
+  it('answers 400 oidc_not_configured and writes nothing when broker.yaml trusts no issuer', async () => {
+    const before = (await rejections(bare)).length;
+    for (const token of [await issuer.sign(), 'not-a-jwt']) {
+      const { status, body } = await exchange(bare, token);
+      assert.equal(status, 400, JSON.stringify(body));
+      assert.equal(body.code, 'oidc_not_configured');
+      assert.match(String(body.detail), /trusts no OIDC issuer/);
+    }
+    assert.equal((await rejections(bare)).length, before);
+  });
+
+  it('records a refused token in at most 2 KB: deciding claims only, each cut to 100 characters', async () => {
+    const long = (letter: string) => letter.repeat(400);
+    const claims: Record<string, string> = { iss: `https://evil.test/${long('i')}`, junk: long('j') };
+    for (const name of ['sub', 'repository', 'repository_owner', 'ref', 'workflow', 'job_workflow_ref', 'actor', 'environment']) {
+      claims[name] = long(name[0] ?? 'x');
+    }
+    const header = { alg: 'RS256', kid: long('k') };
+    const forged = `${encode(header)}.${encode(claims)}.${'s'.repeat(64)}`;
+    const signed = await issuer.sign({ ...claims, iss: issuer.url, aud: 'https://someone-else.test' }, { header: { kid: long('k') } });
+    for (const [token, reason] of [
+      [forged, 'unknown_issuer'],
+      [signed, 'unknown_key'],
+    ] as const) {
+      const { status } = await exchange(broker, token);
+      assert.equal(status, 401);
+      const record = (await rejections(broker)).at(-1);
+      assert.ok(record);
+      assert.equal(record.detail.reason, reason);
+      const size = Buffer.byteLength(JSON.stringify(record.detail));
+      assert.ok(size <= 2048, `the detail is ${size} bytes`);
+      assert.equal((record.detail.header as { kid: string }).kid, 'k'.repeat(100));
+      const kept = record.detail.claims as Record<string, unknown>;
+      assert.ok(Object.keys(kept).length >= 5, JSON.stringify(kept));
+      assert.equal(kept.junk, undefined, 'a claim nothing decides on is not kept');
+      for (const value of Object.values(kept)) assert.ok(String(value).length <= 100);
+    }
+  });
+
+  it('keeps only the length of a token that is not a JWT', async () => {
+    const payload = encode({ iss: 'https://evil.test', repository: 'SECRET-REPOSITORY' });
+    for (const token of ['SECRET-NOT-A-JWT'.repeat(500), `SECRET-HEADER.${payload}.sig`, `${encode({ alg: 'RS256' })}.${payload}.a.b`]) {
+      const { status, body } = await exchange(broker, token);
+      assert.equal(status, 401, JSON.stringify(body));
+      const record = (await rejections(broker)).at(-1);
+      assert.deepEqual(record?.detail, {
+        issuer: null,
+        reason: 'malformed',
+        message: 'the token is not a JWT (header.payload.signature)',
+        length: token.length,
+      });
+    }
+    assert.ok(!JSON.stringify(await rejections(broker)).includes('SECRET'));
+  });
+});
+
 const now = () => Math.floor(Date.now() / 1000);
 const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 const decode = (part: string) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;

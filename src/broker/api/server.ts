@@ -7,7 +7,7 @@ import type { TokenRequest } from '../../core/token.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { GrantRequest, GrantService } from '../grants/service.ts';
-import type { OidcExchange } from '../oidc/exchange.ts';
+import { type OidcExchange, OidcNotConfiguredError } from '../oidc/exchange.ts';
 import type { PrincipalService } from '../principals/service.ts';
 import { resolveGrantedPath, splitRequestPath } from '../providers/files.ts';
 import { registerHttpProxy } from '../providers/http/proxy.ts';
@@ -180,7 +180,7 @@ export function buildApi(options: {
   app.post('/v1/auth/oidc', { schema: { body: oidcExchangeSchema } }, async (request, reply) => {
     const { token } = request.body as { token: string };
     const { oidc } = options;
-    if (!oidc) throw new UsageError('this broker does not exchange OIDC tokens', { code: 'oidc_not_configured' });
+    if (!oidc) throw new OidcNotConfiguredError();
     return reply.status(201).send(await guarded(request, () => oidc.exchange(token)));
   });
 

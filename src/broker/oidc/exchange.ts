@@ -1,4 +1,4 @@
-import { AuthError, ExitCode, JitError } from '../../core/errors.ts';
+import { AuthError, ExitCode, JitError, UsageError } from '../../core/errors.ts';
 import { hashSecret, newId, newSecret } from '../../core/ids.ts';
 import type { BrokerConfig } from '../config.ts';
 import type { Clock } from '../grants/service.ts';
@@ -72,6 +72,23 @@ export class OidcUnavailableError extends JitError {
 }
 
 /**
+ * broker.yaml trusts no issuer: nothing to judge, so nothing is audited (anyone may call the
+ * route, and a record per call would let them fill the audit trail).
+ */
+export class OidcNotConfiguredError extends UsageError {
+  constructor() {
+    super('this broker does not exchange OIDC tokens: it trusts no OIDC issuer', {
+      code: 'oidc_not_configured',
+      hint: 'declare the CI issuer under oidc.issuers in broker.yaml (docs/broker-config.md#oidc), or give the job a JIT_TOKEN',
+    });
+  }
+}
+
+/** A rejection record's claims: each value cut to this many characters, the whole detail within REJECTION_DETAIL_BYTES. */
+const REJECTED_VALUE_CHARS = 100;
+const REJECTION_DETAIL_BYTES = 2048;
+
+/**
  * Turns a CI system's OIDC identity token into a broker session (docs/ci.md#oidc), and records
  * each exchange (`auth.oidc_exchanged`) and each refusal (`auth.oidc_rejected`) with the claims
  * that decided it and the reason. The token itself is never stored, logged or echoed.
@@ -102,9 +119,7 @@ export class OidcExchange {
 
   async exchange(token: string): Promise<OidcSession> {
     const now = this.#clock.now();
-    if (!this.#verifier.configured) {
-      await this.#rejected(now, 'unknown_issuer', 'this broker trusts no OIDC issuer (oidc.issuers in broker.yaml)', token);
-    }
+    if (!this.#verifier.configured) throw new OidcNotConfiguredError();
     let verified: Awaited<ReturnType<OidcVerifier['verify']>>;
     try {
       verified = await this.#verifier.verify(token, now);
@@ -147,45 +162,67 @@ export class OidcExchange {
     };
   }
 
+  /**
+   * Records a refusal and throws it. Anyone can call the route, so the record is bounded: a token
+   * that is not even shaped like a JWT leaves its length only, and one that is leaves its header's
+   * `alg` and `kid` and the deciding claims as it states them (unverified: that is why it was
+   * refused; they are there to find the job), each cut short, all within REJECTION_DETAIL_BYTES.
+   */
   async #rejected(now: number, reason: string, message: string, token: string, issuer?: string): Promise<never> {
-    await this.#store.appendEvent({
-      at: now,
-      type: 'auth.oidc_rejected',
-      subject: null,
-      grantId: null,
-      // The claims as the token states them, unverified (that is why it was refused): to find the job.
-      detail: { issuer: issuer ?? null, reason, message, header: tokenHeader(token), claims: this.#deciding(unverifiedPart(token, 1)) },
-    });
+    const parts = jwtParts(token);
+    const detail: Record<string, unknown> = { issuer: issuer ?? null, reason, message: printable(message, 300) };
+    if (parts) {
+      detail.header = { alg: shortText(parts.header.alg), kid: shortText(parts.header.kid) };
+      detail.claims = {};
+      let size = jsonBytes(detail);
+      for (const [name, value] of Object.entries(this.#deciding(parts.payload, REJECTED_VALUE_CHARS))) {
+        const entry = jsonBytes({ [name]: value });
+        if (size + entry > REJECTION_DETAIL_BYTES) continue;
+        (detail.claims as Record<string, unknown>)[name] = value;
+        size += entry;
+      }
+    } else {
+      detail.length = token.length;
+    }
+    await this.#store.appendEvent({ at: now, type: 'auth.oidc_rejected', subject: null, grantId: null, detail });
     if (reason === 'keys_unavailable') throw new OidcUnavailableError(`the CI identity token could not be checked: ${message}`);
     throw new OidcRejectedError(`the CI identity token was refused: ${message}`);
   }
 
-  /** The deciding claims only, each cut short: never the whole token, never its signature. */
-  #deciding(claims: Record<string, unknown>): Record<string, unknown> {
+  /** The deciding claims only, each cut to `chars`: never the whole token, never its signature. */
+  #deciding(claims: Record<string, unknown>, chars = 200): Record<string, unknown> {
     const kept: Record<string, unknown> = {};
     for (const name of this.#recorded) {
       const value = claims[name];
-      if (typeof value === 'string') kept[name] = value.slice(0, 200);
+      if (typeof value === 'string') kept[name] = value.slice(0, chars);
       else if (typeof value === 'number' || typeof value === 'boolean') kept[name] = value;
-      else if (Array.isArray(value)) kept[name] = value.slice(0, 5).map((item) => String(item).slice(0, 200));
+      else if (Array.isArray(value)) kept[name] = value.slice(0, 5).map((item) => String(item).slice(0, chars));
     }
     return kept;
   }
 }
 
-/** The header's algorithm and key id, which say how the token claims to be signed. */
-function tokenHeader(token: string): { alg: string | null; kid: string | null } {
-  const header = unverifiedPart(token, 0);
-  const text = (value: unknown) => (typeof value === 'string' ? value.slice(0, 100) : null);
-  return { alg: text(header.alg), kid: text(header.kid) };
+const shortText = (value: unknown) => (typeof value === 'string' ? printable(value, REJECTED_VALUE_CHARS) : null);
+/** Cut short, and one byte a character in the record: what is not printable ASCII becomes `?`. */
+const printable = (text: string, chars: number) => text.slice(0, chars).replace(/[^\x20-\x7e]/g, '?');
+const jsonBytes = (value: unknown) => Buffer.byteLength(JSON.stringify(value));
+
+/**
+ * The unverified header and payload of something shaped like a JWT (three base64url parts, a
+ * JSON object for a header); undefined when it is not one. A payload that is not an object is {}.
+ */
+function jwtParts(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } | undefined {
+  if (!/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/.test(token)) return undefined;
+  const [header = '', payload = ''] = token.split('.');
+  const decoded = decodePart(header);
+  return decoded ? { header: decoded, payload: decodePart(payload) ?? {} } : undefined;
 }
 
-/** Part `index` (0 header, 1 payload) of something shaped like a JWT, unverified; {} when it is not one. */
-function unverifiedPart(token: string, index: number): Record<string, unknown> {
+function decodePart(part: string): Record<string, unknown> | undefined {
   try {
-    const payload = JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as unknown;
-    return payload && typeof payload === 'object' && !Array.isArray(payload) ? (payload as Record<string, unknown>) : {};
+    const value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as unknown;
+    return value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
   } catch {
-    return {};
+    return undefined;
   }
 }
