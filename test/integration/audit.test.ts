@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { recordHash } from '../../src/broker/audit/chain.ts';
 import type { AuditRecord } from '../../src/broker/audit/log.ts';
 import type { VerifyReport } from '../../src/broker/audit/verify.ts';
+import { readEvents } from '../../src/client/sse.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, createToken, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
@@ -165,6 +166,26 @@ for (const store of ['sqlite', 'postgres'] as const) {
         'not revoked without its record',
       );
       assert.equal((await as('ana', 'DELETE', `grants/${issued.id}`)).status, 200);
+    });
+
+    it('streams its resume point first, and moves it past records the filters skip, so a reconnect loses nothing', async () => {
+      const stop = new AbortController();
+      const response = await fetch(`${broker.url}/v1/audit/stream?grant=g_00000000000000000000`, {
+        headers: { authorization: `Bearer ${tokens.auditor}` },
+        signal: stop.signal,
+      });
+      assert.equal(response.status, 200);
+      const events = readEvents(response.body as ReadableStream<Uint8Array>);
+      const first = (await events.next()).value;
+      assert.equal(first?.event, 'cursor');
+      const start = Number(first?.id);
+      assert.ok(start > 0, 'the current head');
+      assert.equal((await as('ana', 'POST', 'grants', { scopes: ['datasets/train'] })).status, 201);
+      const moved = (await events.next()).value;
+      stop.abort();
+      await events.return(undefined).catch(() => undefined);
+      assert.equal(moved?.event, 'cursor', 'no record of another grant was sent');
+      assert.ok(Number(moved?.id) > start, 'the resume point moved past the skipped records');
     });
 
     it('numbers records 1, 2, 3, ... and pages through them with a cursor', async () => {

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { type Caller, hasRole, requireRole } from '../../core/caller.ts';
 import { ForbiddenError, UsageError } from '../../core/errors.ts';
-import type { AuditLog, AuditRecord } from '../audit/log.ts';
+import type { AuditLog } from '../audit/log.ts';
 import type { AuditQuery } from '../store/store.ts';
 
 /** The filters `GET /v1/audit` and `GET /v1/audit/stream` share (docs/api.md#audit). */
@@ -158,26 +158,44 @@ export function registerAuditRoutes(
       connection: 'keep-alive',
       'x-request-id': request.id,
     });
-    raw.write(`retry: 1000\n: jit audit stream from seq ${cursor}\n\n`);
+    // The cursor goes out first as an event id, so a client that loses the connection before any
+    // record matched its filters still resumes from here, not from a later head.
+    raw.write(`retry: 1000\nid: ${cursor}\nevent: cursor\ndata: {"seq":${cursor}}\n\n`);
     let open = true;
     let wake: (() => void) | undefined;
+    let drained: (() => void) | undefined;
     const stopListening = audit.onSealed(() => wake?.());
     const keepalive = setInterval(() => raw.write(': keepalive\n\n'), STREAM_KEEPALIVE_MS);
     const close = () => {
       open = false;
       wake?.();
+      drained?.();
     };
     raw.on('close', close);
     raw.on('error', close);
     streams.add(close);
-    const send = (record: AuditRecord) => raw.write(`id: ${record.seq}\nevent: audit\ndata: ${JSON.stringify(record)}\n\n`);
+    // A slow reader is waited for (the socket's buffer drains) rather than buffered in memory.
+    const send = async (text: string) => {
+      if (raw.write(text) || !open) return;
+      await new Promise<void>((resolve) => {
+        drained = resolve;
+        raw.once('drain', resolve);
+      });
+      drained = undefined;
+    };
     try {
       while (open) {
         // The head first: records sealed after this read are picked up by the next round.
         const head = await audit.headPosition();
         const records = await audit.tail({ ...query, afterPosition: cursor });
-        for (const record of records) send(record);
+        for (const record of records) {
+          if (!open) break;
+          await send(`id: ${record.seq}\nevent: audit\ndata: ${JSON.stringify(record)}\n\n`);
+        }
+        const before = cursor;
         cursor = records.length === query.limit ? (records.at(-1)?.seq ?? cursor) : Math.max(cursor, head, records.at(-1)?.seq ?? 0);
+        // Records passed over by the filters move the resume point too.
+        if (cursor > (records.at(-1)?.seq ?? before) && open) await send(`id: ${cursor}\nevent: cursor\ndata: {"seq":${cursor}}\n\n`);
         if (records.length === query.limit) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, STREAM_POLL_MS);

@@ -47,6 +47,8 @@ export const watch: CommandDefinition = {
           connected = true;
           failures = 0;
           for await (const event of readEvents(body)) {
+            // The stream's resume point, also where records the filters passed over ended.
+            if (event.event === 'cursor' && event.id !== undefined && /^\d+$/.test(event.id)) last = Number(event.id);
             if (event.event !== 'audit') continue;
             const record = JSON.parse(event.data) as AuditRecord;
             last = record.seq;
