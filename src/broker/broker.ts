@@ -179,7 +179,12 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url, tables });
   const principals = new PrincipalService({ store, clock });
   const oidc = new OidcExchange({ config, store, clock });
-  const audit = await openAuditLog(config, store, clock);
+  const audit = await openAuditLog(config, store, clock).catch(async (error: unknown) => {
+    // A missing signing key or sink secret stops the start: nothing is left open behind it.
+    await store.close();
+    await tables?.close();
+    throw error;
+  });
   const app = buildApi({
     config,
     grants,

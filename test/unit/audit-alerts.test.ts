@@ -162,3 +162,13 @@ describe('alert.host_mismatch', () => {
     assert.deepEqual(alerts.inspect(rows, NOW), []);
   });
 });
+
+describe('history', () => {
+  it('raises nothing for records from before the sealer started (an upgrade sealing an old backlog)', () => {
+    const alerts = new Alerts({ deniedBurst: 2, deniedWindowMs: 60_000 }, T0 + 3_600_000);
+    const old = row('data.refused', { grantId: 'g_9', detail: { reason: 'grant_ended', state: 'revoked' } });
+    assert.deepEqual(types(alerts.inspect([old, refused('user:bo', T0), refused('user:bo', T0 + 1)], T0 + 3_600_000)), []);
+    const fresh = row('data.refused', { grantId: 'g_9', at: T0 + 3_600_000, detail: { reason: 'grant_ended', state: 'revoked' } });
+    assert.deepEqual(types(alerts.inspect([fresh], T0 + 3_600_001)), ['alert.ended_credential_used']);
+  });
+});

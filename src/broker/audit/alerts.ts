@@ -29,14 +29,21 @@ export class Alerts {
   readonly #requestedFrom = new Map<string, string>();
   readonly #mismatched = new Set<string>();
 
-  constructor(rules: AlertRules = DEFAULT_ALERT_RULES) {
+  /**
+   * Records from before `since` (less one burst window) are history, not news: an upgrade that
+   * seals an old backlog, or a replica taking over sealing, raises no alerts for them.
+   */
+  readonly #since: number;
+
+  constructor(rules: AlertRules = DEFAULT_ALERT_RULES, since = 0) {
     this.#rules = rules;
+    this.#since = since - rules.deniedWindowMs;
   }
 
   inspect(rows: readonly AuditRow[], now: number): AuditEvent[] {
     const alerts: AuditEvent[] = [];
     for (const row of rows) {
-      if (row.action.startsWith('alert.')) continue;
+      if (row.action.startsWith('alert.') || row.at < this.#since) continue;
       const detail = JSON.parse(row.detail) as Record<string, unknown>;
       const raise = (type: string, extra: Record<string, unknown>) =>
         alerts.push({

@@ -141,7 +141,21 @@ export async function trustedKeys(config: AuditConfig, own: SigningKey): Promise
     const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
       throw new UsageError(`cannot read audit.trustedKeys file ${file}: ${error.code ?? error.message}`, { code: 'invalid_config' });
     });
-    const key = createPublicKey(text);
+    let key: KeyObject;
+    try {
+      key = createPublicKey(text);
+    } catch (error) {
+      throw new UsageError(`audit.trustedKeys file ${file} is not a PEM public key (${(error as Error).message})`, {
+        code: 'invalid_config',
+        hint: 'save the key from GET /v1/audit/key, or `openssl pkey -in audit-signing-key.pem -pubout`',
+      });
+    }
+    if (key.asymmetricKeyType !== 'ed25519') {
+      throw new UsageError(`audit.trustedKeys file ${file} holds a ${key.asymmetricKeyType} key, not ed25519`, {
+        code: 'invalid_config',
+        hint: 'checkpoints are signed with Ed25519 keys only',
+      });
+    }
     keys.set(keyIdOf(key), key);
   }
   return keys;

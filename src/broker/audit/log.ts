@@ -80,7 +80,7 @@ export class AuditLog {
     this.#key = options.key;
     this.#every = options.checkpointEvery;
     this.#intervalMs = options.checkpointIntervalMs;
-    this.#alerts = new Alerts(options.alerts);
+    this.#alerts = new Alerts(options.alerts, options.clock.now());
     this.#trusted = options.trusted ?? new Map([[options.key.keyId, options.key.publicKey]]);
   }
 

@@ -84,6 +84,9 @@ export class SinkExporter {
           position = rows.at(-1)?.position ?? position;
           await this.#store.saveSink(sink.name, this.#owner, { position, attempts: 0, lastError: null });
           if (rows.length < BATCH) break;
+          // A long backlog renews the lease batch by batch; lost to another replica, stop here.
+          const renewedAt = this.#clock.now();
+          if (!(await this.#store.leaseSink(sink.name, this.#owner, renewedAt, renewedAt + LEASE_MS, 0))) break;
         }
         this.#retryAt.delete(sink.name);
       } catch (error) {
@@ -118,8 +121,13 @@ export class SinkExporter {
     // it with the shared secret and refuses stale timestamps (replays).
     if (sink.secret)
       headers['x-jit-signature'] = `sha256=${createHmac('sha256', sink.secret).update(`${timestamp}.${body}`).digest('hex')}`;
-    const response = await fetch(sink.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(10_000) });
+    const response = await fetch(sink.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(10_000) }).catch((error: Error) => {
+      // fetch's own errors name no URL, but their cause may: say only where, and why.
+      const cause = (error.cause as { code?: string } | undefined)?.code ?? error.name;
+      throw new Error(`cannot reach ${new URL(sink.url).origin} (${cause})`);
+    });
     await response.body?.cancel();
-    if (!response.ok) throw new Error(`${sink.url} answered HTTP ${response.status}`);
+    // The origin only: a webhook URL's path or query may hold its own secret (Slack-style hooks).
+    if (!response.ok) throw new Error(`${new URL(sink.url).origin} answered HTTP ${response.status}`);
   }
 }

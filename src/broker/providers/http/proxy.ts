@@ -169,7 +169,11 @@ export function registerHttpProxy(
           bytesOut: sent,
           latencyMs: Math.round(performance.now() - started),
         };
-        grants.recordDataAccess(grant, detail, 'data.call', request.ip).catch(() => undefined);
+        grants
+          .recordDataAccess(grant, detail, 'data.call', request.ip)
+          .catch((error: Error) =>
+            process.stderr.write(`jit broker: recording an API call of grant ${grant.id} failed: ${error.message}\n`),
+          );
         // Response bytes count against the byte budget once the response is done.
         if (sent > 0) grants.consume(grant, 0, sent).catch(() => undefined);
       };
