@@ -14,7 +14,7 @@ export type Role = (typeof ROLES)[number];
 /**
  * Who made an API call: the subject its token belongs to, the token's roles, and the token's id.
  * A CI job's OIDC session (docs/ci.md#oidc) also carries its token's verified claims, for the
- * policy's claim rules, and when it ends: grants never outlive it.
+ * policy's claim rules, and when it ends: no grant TTL reaches past it (see docs/ci.md#oidc).
  */
 export type Caller = {
   subject: string;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
 import type { AuditEvent } from '../../src/broker/store/store.ts';
-import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { createToken, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startTestIssuer, type TestIssuer } from '../helpers/oidc-issuer.ts';
 
 /**
@@ -45,6 +45,11 @@ describe('OIDC exchange', () => {
       claims: { environment: "eval" }
       scopes: ["datasets/eval/**"]
       maxTtl: 30m
+    - name: airgap-eval-approved
+      subjects: ["ci:airgap:**"]
+      scopes: ["datasets/eval/**"]
+      maxTtl: 1h
+      approval: { required: true, approvers: ["user:pat"], count: 1 }
   deny:
     - name: no-unprotected-refs
       claims: { ref_protected: "false" }
@@ -283,6 +288,26 @@ describe('OIDC exchange', () => {
       const expired = await call(session, 'GET', 'whoami');
       assert.equal(expired.status, 401);
       assert.equal(expired.body.code, 'session_expired');
+    } finally {
+      skew = 0;
+    }
+  });
+
+  it("counts an approved grant's TTL from the approval, so it can end after its session, as docs/ci.md says", async () => {
+    const { body } = await exchange(await airgap.sign({ sub: 'pipeline-8' }));
+    const sessionEnd = Date.parse(String(body.expiresAt));
+    const requested = await call(String(body.session), 'POST', 'grants', { scopes: ['datasets/eval'], heartbeat: false });
+    assert.equal(requested.status, 202, JSON.stringify(requested.body));
+    const ttl = Number(requested.body.ttlSeconds);
+    assert.ok(ttl > 1790 && ttl <= 1800, "the rule's 1h cut to the 30m left of the session");
+    secrets.push(String(requested.body.credential));
+    const approver = await createToken(broker, 'user:pat', ['approver']);
+    skew = 20 * 60_000;
+    try {
+      const approved = await call(approver, 'POST', `grants/${requested.body.id}/approve`, {});
+      assert.equal(approved.body.state, 'active', JSON.stringify(approved.body));
+      const past = Date.parse(String(approved.body.expiresAt)) - sessionEnd;
+      assert.ok(past > 19 * 60_000 && past <= 20 * 60_000 + 5000, `ends ${past} ms after the session: the 20m the approval took`);
     } finally {
       skew = 0;
     }

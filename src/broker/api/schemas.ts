@@ -282,6 +282,10 @@ export const oidcSessionSchema = {
     },
     issuer: { type: 'string', description: "the issuer's name in broker.yaml" },
     roles: { type: 'array', items: { type: 'string', enum: ['requester'] } },
-    expiresAt: { type: 'string', format: 'date-time', description: "when the session ends; the caller's grants end by then too" },
+    expiresAt: {
+      type: 'string',
+      format: 'date-time',
+      description: "when the session ends; the caller's grant TTLs are cut to it (one that waits for approval counts from the approval)",
+    },
   },
 } as const;

@@ -486,7 +486,7 @@ export class GrantService {
     const maxSeconds = Math.min(original.maxTtlSeconds ?? decision.maxTtlSeconds, decision.maxTtlSeconds);
     const since = current.activatedAt ?? current.createdAt;
     const cap = since + maxSeconds * 1000;
-    // A CI session's grant never outlives the session (the decision refused a longer ttlSeconds).
+    // A renewal never reaches past the end of the CI session that renews (the decision refused a longer ttlSeconds).
     const sessionEnd = now + (principal.sessionSecondsLeft ?? Number.POSITIVE_INFINITY) * 1000;
     const target = Math.min(now + (ttlSeconds ?? current.ttlSeconds) * 1000, cap, sessionEnd);
     if (target <= current.expiresAt) {

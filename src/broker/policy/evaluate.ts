@@ -13,7 +13,8 @@ export type Policy = {
 /**
  * Who is asking. `groups` come from policy.groups (resolved here too, so a caller may leave them
  * out); `claims` are a CI identity's verified OIDC token claims, matched by claim rules;
- * `sessionSecondsLeft` is how long that CI identity's session still lasts: no grant outlives it.
+ * `sessionSecondsLeft` is how long that CI identity's session still lasts: no TTL is longer (a grant
+ * that waits for approval counts it from the approval, so it can end after the session: docs/ci.md).
  */
 export type Principal = {
   subject: string;
