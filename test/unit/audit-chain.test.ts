@@ -5,6 +5,7 @@ import {
   type ChainFields,
   type Checkpoint,
   canonicalDetail,
+  chainFieldsOf,
   checkpointSigned,
   GENESIS,
   recordHash,
@@ -326,19 +327,6 @@ describe('ChainVerifier', () => {
 });
 
 describe('an exported chain verifies offline', () => {
-  /** An exported record (JSON, details as an object) back to the fields its hash covers. */
-  const chainFieldsOf = (record: AuditRecord): ChainFields => ({
-    position: record.seq,
-    at: Date.parse(record.at),
-    action: record.action,
-    actor: record.actor,
-    subject: record.subject,
-    grantId: record.grant,
-    scope: record.scope,
-    outcome: record.outcome,
-    detail: JSON.stringify(record.details),
-  });
-
   it('from the JSONL a sink writes: JSON.stringify(details) reproduces the hashed detail', async () => {
     const store = new SqliteStore(':memory:');
     try {

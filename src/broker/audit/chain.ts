@@ -1,4 +1,5 @@
 import { createHash, createPrivateKey, createPublicKey, hash, type KeyObject, sign, verify } from 'node:crypto';
+import type { AuditRecord } from '../../core/audit.ts';
 
 /**
  * The audit trail's proof (docs/audit.md#proof). Every sealed record carries
@@ -43,6 +44,24 @@ export type ChainFields = {
  */
 export function canonicalDetail(text: string): string {
   return JSON.stringify(JSON.parse(text));
+}
+
+/**
+ * An exported record (the API's, a sink's: `seq`, ISO `at`, `details` as an object) back to the
+ * fields its hash covers: what verifying a copy offline hashes.
+ */
+export function chainFieldsOf(record: AuditRecord): ChainFields {
+  return {
+    position: record.seq,
+    at: Date.parse(record.at),
+    action: record.action,
+    actor: record.actor,
+    subject: record.subject,
+    grantId: record.grant,
+    scope: record.scope,
+    outcome: record.outcome,
+    detail: JSON.stringify(record.details),
+  };
 }
 
 /** The hash of one record following `previous`. */

@@ -182,7 +182,7 @@ function rollbackCheck(
  */
 async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise<CommandResult> {
   const { ChainVerifier } = await import('../../broker/audit/verify.ts');
-  const { checkpointSigned, keyIdOf } = await import('../../broker/audit/chain.ts');
+  const { chainFieldsOf, checkpointSigned, keyIdOf } = await import('../../broker/audit/chain.ts');
   const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
     throw new UsageError(`cannot read ${file}: ${error.code ?? error.message}`, {
       hint: 'pass an export: a file sink, or jit audit --format jsonl > FILE',
@@ -257,18 +257,7 @@ async function verifyFile(file: string, keyFile: unknown, ctx: Context): Promise
   const verifier = new ChainVerifier(checkpoints, new Map([[keyIdOf(key), key]]), anchor && { position: anchor.seq, hash: anchor.hash });
   for (const record of records) {
     if (anchor && record.seq <= anchor.seq) continue;
-    const fields = {
-      position: record.seq,
-      at: Date.parse(record.at),
-      action: record.action,
-      actor: record.actor,
-      subject: record.subject,
-      grantId: record.grant,
-      scope: record.scope,
-      outcome: record.outcome,
-      detail: JSON.stringify(record.details),
-    };
-    if (!verifier.add(fields, record.hash)) break;
+    if (!verifier.add(chainFieldsOf(record), record.hash)) break;
   }
   const report = verifier.finish(0, 0);
   if (!report.ok) {
