@@ -35,6 +35,7 @@ const ERROR_MEANINGS: Record<number, string> = {
   404: 'no such grant (for this principal), token or file',
   409: 'the grant has ended, is not pending (approve, deny), was already reviewed by you, or cannot be renewed further',
   429: 'too many failed authentications from this address; retry after the retry-after header',
+  503: "a dependency of the broker is down (a postgres resource's database, a CI issuer's keys); retry later",
 };
 
 const grantId = [{ name: 'id', in: 'path', required: true, schema: grantIdParams.properties.id }];
@@ -115,7 +116,7 @@ export function openApiDocument(version: string) {
           requestBody: { required: true, ...json(ref('OidcExchange')) },
           responses: {
             '201': { description: 'the session; its bearer is in this response only', ...json(ref('OidcSession')) },
-            ...errors(400, 401, 429),
+            ...errors(400, 401, 429, 503),
           },
         },
       },
