@@ -35,6 +35,10 @@ describe('jit grants --watch', () => {
     const revoked = await jit(['revoke', id], { env: places.env });
     assert.equal(revoked.code, 0, revoked.stderr);
     await watch.readUntil('stdout', new RegExp(`${id} +revoked +datasets/train +- +revoked by user:admin`));
+    // At least three redraws on screen before Ctrl-C (one a second): a quick machine can see the
+    // grant come and go in two.
+    const ESC = '\x1b';
+    await watch.readUntil('stdout', new RegExp(`(?:${ESC}\\[\\d+F${ESC}\\[J[\\s\\S]*){3}`));
 
     watch.child.stdin?.write('\x03');
     const result = await watch.done;
@@ -45,7 +49,6 @@ describe('jit grants --watch', () => {
     assert.doesNotMatch(screen, /jit: (error|unexpected)/);
     // In place: every frame after the first moves back over exactly the lines the one before it
     // took and clears them, so the terminal shows one table, never a scroll of them.
-    const ESC = '\x1b';
     const frames = screen.slice(`${ESC}[?25l`.length).split(new RegExp(`${ESC}\\[(\\d+)F${ESC}\\[J`));
     assert.ok(frames.length >= 7, `several redraws, saw ${(frames.length - 1) / 2}`);
     for (let index = 1; index < frames.length; index += 2) {
