@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import type { AuditRecord } from '../../src/core/audit.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
 import { api, createToken, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
@@ -37,6 +38,15 @@ for (const store of ['sqlite', 'postgres'] as const) {
     const tokens: Record<string, string> = {};
     const as = <T>(who: string, method: string, route: string, body?: unknown) =>
       api<T & ErrorBody>(broker, tokens[who] ?? '', method, route, body);
+    /**
+     * A grant's audit trail as an auditor reads it (GET /v1/audit), as [action, actor, outcome] and
+     * the records; alerts are left out (they are raised moments after what they are about).
+     */
+    const trail = async (id: string) => {
+      const all = (await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${id}`)).body.records;
+      const records = all.filter((record) => !record.action.startsWith('alert.'));
+      return { records, summary: records.map((record) => [record.action, record.actor, record.outcome]) };
+    };
     const requestEval = (who = 'ana', extra: Record<string, unknown> = {}) =>
       as<IssuedGrant>(who, 'POST', 'grants', { scopes: ['datasets/eval/holdout.jsonl'], reason: 'eval run 7', ...extra });
 
@@ -134,6 +144,17 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.equal(late.status, 409);
       assert.equal(late.body.code, 'not_pending');
       assert.equal((await readGranted(broker.url, body.credential, 'datasets/eval/holdout.jsonl')).status, 401);
+      const { records, summary } = await trail(body.id);
+      assert.deepEqual(summary, [
+        ['grant.requested', 'user:ana', 'pending'],
+        ['grant.approved', 'user:pat', 'ok'],
+        ['grant.denied', 'user:quinn', 'denied'],
+        ['data.refused', 'user:ana', 'denied'],
+      ]);
+      const denial = records[2];
+      assert.equal(denial?.subject, 'user:ana', "the denial is about ana's grant");
+      assert.equal(denial?.details.reason, 'holdout stays sealed until v8');
+      assert.equal(records[3]?.details.reason, 'grant_ended');
     });
 
     it('lets the requester cancel a pending request', async () => {
@@ -142,6 +163,10 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.equal(receipt.body.state, 'cancelled');
       const late = await as('pat', 'POST', `grants/${body.id}/approve`, {});
       assert.equal(late.body.code, 'not_pending');
+      assert.deepEqual((await trail(body.id)).summary, [
+        ['grant.requested', 'user:ana', 'pending'],
+        ['grant.cancelled', 'user:ana', 'ok'],
+      ]);
     });
 
     it('times out a request nobody reviewed, and cancels one whose waiting requester went away', async () => {
@@ -160,6 +185,20 @@ for (const store of ['sqlite', 'postgres'] as const) {
       assert.deepEqual([(await stateOf(unreviewed.id)).state, (await stateOf(unreviewed.id)).endReason], ['timed-out', 'approval timeout']);
       const late = await as('pat', 'POST', `grants/${unreviewed.id}/approve`, {});
       assert.equal(late.body.code, 'not_pending');
+      // Both ends are the broker's own doing: actor system, with the reason.
+      const abandonedTrail = await trail(abandoned.id);
+      assert.deepEqual(abandonedTrail.summary, [
+        ['grant.requested', 'user:ana', 'pending'],
+        ['grant.cancelled', 'system', 'ok'],
+      ]);
+      assert.equal(abandonedTrail.records[1]?.details.reason, 'requester stopped waiting');
+      const timedOut = await trail(unreviewed.id);
+      assert.deepEqual(timedOut.summary, [
+        ['grant.requested', 'user:ana', 'pending'],
+        ['grant.timed-out', 'system', 'ok'],
+      ]);
+      assert.equal(timedOut.records[1]?.details.reason, 'approval timeout');
+      assert.equal(timedOut.records[1]?.subject, 'user:ana');
     });
 
     it('renews a live grant in place, up to its max TTL from activation and no further', async () => {

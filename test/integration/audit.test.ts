@@ -204,8 +204,16 @@ for (const store of ['sqlite', 'postgres'] as const) {
     });
 
     it('lets a requester read only records about itself', async () => {
+      // bo has done nothing yet but be given a token: that record is about bo.
       const mine = (await as<Page>('bo', 'GET', 'audit')).body.records;
-      assert.ok(mine.every((record) => record.subject === 'user:bo'));
+      assert.deepEqual(
+        mine.map((record) => [record.action, record.subject]),
+        [['token.created', 'user:bo']],
+      );
+      assert.deepEqual(mine[0]?.details.roles, ['requester']);
+      // What the auditor sees of the others (ana's grants, the other tokens) is not in bo's view.
+      const all = (await as<Page>('auditor', 'GET', 'audit?limit=1000')).body.records;
+      assert.ok(all.some((record) => record.subject === 'user:ana' && record.action === 'grant.issued'));
       const other = await as<{ code: string }>('bo', 'GET', 'audit?subject=user:ana');
       assert.equal(other.status, 403);
     });

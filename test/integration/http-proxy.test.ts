@@ -5,8 +5,10 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import type { AuditRecord } from '../../src/core/audit.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { waitFor } from '../helpers/state.ts';
 
 const SECRET_ENV = 'JIT_TEST_UPSTREAM_KEY';
 const SECRET = 'sk-upstream-0123456789abcdefghijklmnopqrstuvwxyz';
@@ -194,6 +196,18 @@ describe('API proxy', () => {
     assert.equal((await get()).status, 403, 'and stays suspended');
     const suspended = (await broker.broker.grants.events(issued.id)).find((event) => event.type === 'grant.suspended');
     assert.deepEqual(suspended?.detail.budget, { requests: 3 });
+    // The data owner's alert, raised from the suspension record as an auditor reads the trail.
+    const trail = async (filter: string) =>
+      (await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${issued.id}&${filter}`)).body.records;
+    const alert = await waitFor('the budget_exhausted alert', async () => (await trail('action=alert.budget_exhausted'))[0], 10_000);
+    const [suspension] = await trail('action=grant.suspended');
+    assert.equal(alert.outcome, 'alert');
+    assert.equal(alert.actor, 'system');
+    assert.equal(alert.subject, 'user:admin');
+    assert.equal(alert.scope, 'metered:GET /echo');
+    assert.equal(alert.details.reason, 'its budget of 3 requests is used up');
+    assert.equal(alert.details.record, suspension?.seq, 'it names the suspension');
+    assert.equal((await trail('action=alert.budget_exhausted')).length, 1, 'once');
   });
 
   it('suspends a grant once its responses pass the byte budget', async () => {

@@ -21,6 +21,7 @@ import {
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { Sha256 } from '@smithy/core/checksum';
 import { SignatureV4 } from '@smithy/signature-v4';
+import type { AuditRecord } from '../../src/core/audit.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
@@ -233,7 +234,8 @@ describe('S3 gateway with @aws-sdk/client-s3', () => {
   });
 
   it('writes with :write (atomically), multipart included, and deletes only with :delete', async () => {
-    const s3 = clientFor(await grant(['datasets/checkpoints:write', 'datasets/checkpoints']));
+    const writer = await grant(['datasets/checkpoints:write', 'datasets/checkpoints']);
+    const s3 = clientFor(writer);
     await s3.send(new PutObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json', Body: '{"step":1}' }));
     const back = await s3.send(new GetObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json' }));
     assert.equal(await back.Body?.transformToString(), '{"step":1}');
@@ -270,9 +272,40 @@ describe('S3 gateway with @aws-sdk/client-s3', () => {
       code: 'AccessDenied',
       status: 403,
     });
-    const deleter = clientFor(await grant(['datasets/checkpoints:delete']));
+    const deleterGrant = await grant(['datasets/checkpoints:delete']);
+    const deleter = clientFor(deleterGrant);
     await deleter.send(new DeleteObjectCommand({ Bucket: 'datasets', Key: 'checkpoints/step-1.json' }));
     await assert.rejects(readFile(path.join(broker.dataDir, 'checkpoints', 'step-1.json')));
+
+    // The trail an auditor reads: every write with its key and bytes, the refused delete, the delete.
+    const trail = async (id: string) =>
+      (await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${id}&action=data.*`)).body.records.map((record) => [
+        record.action,
+        record.outcome,
+        record.actor,
+        record.details.operation,
+        record.details.key,
+        record.details.bytes,
+      ]);
+    const written = await trail(writer.id);
+    assert.deepEqual(
+      written.filter(([action]) => action !== 'data.read'),
+      [
+        ['data.write', 'ok', 'user:admin', 'PutObject', 'checkpoints/step-1.json', '{"step":1}'.length],
+        ['data.write', 'ok', 'user:admin', 'CreateMultipartUpload', 'checkpoints/model.bin', undefined],
+        ['data.write', 'ok', 'user:admin', 'UploadPart', 'checkpoints/model.bin', part1.length],
+        ['data.write', 'ok', 'user:admin', 'UploadPart', 'checkpoints/model.bin', part2.length],
+        // Listing an upload's parts is part of writing it: it needs :write, and is recorded so.
+        ['data.write', 'ok', 'user:admin', 'ListParts', 'checkpoints/model.bin', undefined],
+        ['data.write', 'ok', 'user:admin', 'CompleteMultipartUpload', 'checkpoints/model.bin', part1.length + part2.length],
+        ['data.write', 'ok', 'user:admin', 'CreateMultipartUpload', 'checkpoints/dropped.bin', undefined],
+        ['data.write', 'ok', 'user:admin', 'AbortMultipartUpload', 'checkpoints/dropped.bin', undefined],
+        ['data.refused', 'denied', 'user:admin', 'DeleteObject', 'checkpoints/step-1.json', undefined],
+      ],
+    );
+    assert.deepEqual(await trail(deleterGrant.id), [
+      ['data.delete', 'ok', 'user:admin', 'DeleteObject', 'checkpoints/step-1.json', undefined],
+    ]);
   });
 
   it('serves presigned URLs, and refuses a tampered one', async () => {
