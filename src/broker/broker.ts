@@ -14,6 +14,7 @@ import { type Clock, GrantService } from './grants/service.ts';
 import { OidcExchange } from './oidc/exchange.ts';
 import { BROKER_HOST, PrincipalService } from './principals/service.ts';
 import { TableProvider } from './providers/postgres/provider.ts';
+import { SessionObserver } from './providers/postgres/sessions.ts';
 import { openStore } from './store/index.ts';
 import type { BrokerStore } from './store/store.ts';
 
@@ -176,6 +177,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
   let url = '';
   const clock = options.clock ?? systemClock;
   const tables = TableProvider.configured(config) ? new TableProvider(config) : undefined;
+  const sessions = tables ? new SessionObserver({ tables, store, clock }) : undefined;
   const grants = new GrantService({ config, store, clock, publicUrl: () => config.publicUrl ?? url, tables });
   const principals = new PrincipalService({ store, clock });
   const oidc = new OidcExchange({ config, store, clock });
@@ -222,6 +224,8 @@ export async function startBroker(options: { dir: string; host: string; port: nu
     grants.sweep().catch((error: Error) => process.stderr.write(`jit broker: expiry sweep failed: ${error.message}\n`));
   }, config.sweepIntervalSeconds * 1000);
   sweeper.unref();
+  // Database sessions under grants are recorded as often as the sweeper looks for expiries.
+  sessions?.start(config.sweepIntervalSeconds * 1000);
   audit.start();
   let closing: Promise<void> | undefined;
   return {
@@ -236,6 +240,7 @@ export async function startBroker(options: { dir: string; host: string; port: nu
         clearInterval(sweeper);
         await app.close();
         await grants.sweeping();
+        await sessions?.stop();
         await audit.stop();
         await store.close();
         await tables?.close();

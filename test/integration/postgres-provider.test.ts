@@ -2,10 +2,12 @@
 // grant's role reads exactly its tables, dies with the grant (sessions included), survives a
 // database outage at revocation as a retried cleanup, and orphans are reconciled away.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { grantIdFromRole, roleNameFor } from '../../src/broker/providers/postgres/contracts.ts';
+import type { AuditRecord } from '../../src/core/audit.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
 import { newTimeOrderedId } from '../../src/core/ids.ts';
 import { api, createToken, startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -78,8 +80,8 @@ describe('postgres provider: roles live and die with grants', { skip }, () => {
     return response.body;
   };
   /** A session as the grant's role, from the job's own environment. */
-  const connectAs = async (issued: IssuedGrant) => {
-    const client = new pg.Client({ connectionString: issued.env.DATABASE_URL });
+  const connectAs = async (issued: IssuedGrant, applicationName?: string) => {
+    const client = new pg.Client({ connectionString: issued.env.DATABASE_URL, application_name: applicationName });
     client.on('error', () => {});
     await client.connect();
     opened.push(client);
@@ -225,6 +227,57 @@ describe('postgres provider: roles live and die with grants', { skip }, () => {
       3,
       'past the first expiry, still working',
     );
+  });
+
+  it('records each session under a grant once (no statement, no password), and the sessions its end terminated', async () => {
+    const issued = await grant(['warehouse/public.customers:select']);
+    const sessions = async () =>
+      (await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${issued.id}&action=data.session`)).body.records;
+    // psql as a job runs it, from the grant's environment alone, for long enough to be seen.
+    const psqlEnv = Object.fromEntries(Object.entries(issued.env).filter(([name]) => name.startsWith('PG')));
+    const psql = spawn('psql', ['-X', '-Atc', 'SELECT pg_sleep(2), count(*) FROM public.customers'], {
+      env: { PATH: process.env.PATH, ...psqlEnv, PGAPPNAME: 'nightly-report' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let psqlOutput = '';
+    for (const stream of [psql.stdout, psql.stderr]) stream.on('data', (chunk: Buffer) => (psqlOutput += chunk.toString()));
+    const psqlExit = new Promise<number | null>((resolve) => psql.once('close', resolve));
+    const byPsql = await waitFor('the psql session on the trail', async () => (await sessions())[0], 10_000);
+    assert.equal(await psqlExit, 0, psqlOutput);
+    assert.match(psqlOutput, /\|3$/m, 'psql read the table');
+    assert.equal(byPsql.outcome, 'ok');
+    assert.equal(byPsql.actor, 'user:admin');
+    assert.equal(byPsql.scope, 'warehouse/public.customers:select');
+    assert.equal(byPsql.details.role, roleNameFor(issued.id));
+    assert.equal(byPsql.details.database, database.name);
+    assert.equal(byPsql.details.address, '127.0.0.1');
+    assert.equal(byPsql.details.applicationName, 'nightly-report');
+    assert.equal(typeof byPsql.details.pid, 'number');
+    const started = Date.parse(String(byPsql.details.backendStart));
+    assert.ok(Math.abs(started - Date.now()) < 60_000, `backend start ${byPsql.details.backendStart}`);
+
+    // A session opened just before the revocation: recorded before the drop terminates it.
+    const late = await connectAs(issued, 'etl-step-2');
+    const cut = new Promise((resolve) => late.once('error', resolve));
+    assert.equal((await api(broker, broker.token, 'DELETE', `grants/${issued.id}`)).status, 200);
+    await cut;
+    // Looks go on every second: give them time to (wrongly) record a backend twice.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    const recorded = await sessions();
+    assert.deepEqual(
+      recorded.map((record) => record.details.applicationName),
+      ['nightly-report', 'etl-step-2'],
+      'each backend once',
+    );
+    assert.notEqual(recorded[1]?.details.pid, byPsql.details.pid);
+    const deprovisioned = (
+      await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${issued.id}&action=grant.deprovisioned`)
+    ).body.records[0];
+    assert.ok(deprovisioned, 'the drop is on the trail');
+    assert.ok((deprovisioned.details.actions as string[]).includes('1 session terminated'), JSON.stringify(deprovisioned.details));
+    const trail = JSON.stringify(recorded);
+    assert.ok(!trail.includes(issued.env.PGPASSWORD ?? '<none>'), 'no password');
+    assert.ok(!trail.includes('pg_sleep'), 'no statement text');
   });
 
   it('a database outage at revocation leaves the drop pending, retried until the role is gone', async () => {

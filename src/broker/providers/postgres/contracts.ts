@@ -26,6 +26,23 @@ export function grantIdFromRole(role: string): string | undefined {
     : undefined;
 }
 
+/**
+ * One backend (session) of a grant's role, as pg_stat_activity shows it to the admin. Never the
+ * query text. Fields PostgreSQL hides from an admin without pg_read_all_stats are null.
+ */
+export type RoleSession = {
+  pid: number;
+  role: string;
+  /** The database the session is connected to (a role may reach others that PUBLIC can connect to). */
+  database: string | null;
+  /** The client's IP address; null for a Unix-socket connection or when hidden. */
+  address: string | null;
+  /** What the client calls itself (PGAPPNAME, application_name): its own text, at most 63 bytes. */
+  applicationName: string | null;
+  /** When the backend started, epoch ms: with the pid, what tells one session from a later one. */
+  backendStart: number | null;
+};
+
 export interface RoleManager {
   /**
    * Refuses (UsageError, code unknown_table / table_not_offered / unknown_column) privileges on
@@ -58,6 +75,8 @@ export interface RoleManager {
    * makes): the reconciler compares them with live grants. Roles of other databases are not listed.
    */
   listRoles(): Promise<string[]>;
+  /** The open sessions of the roles listRoles() lists, in any database of the cluster. */
+  listSessions(): Promise<RoleSession[]>;
   /** Where jobs connect: host, port, database (from the admin URL unless configured). */
   readonly target: { host: string; port: number; database: string };
   close(): Promise<void>;

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { UsageError } from '../../../core/errors.ts';
 import type { Scope } from '../../../core/scope.ts';
 import type { BrokerConfig, PostgresResource } from '../../config.ts';
-import { grantIdFromRole, type RoleManager, roleNameFor, type TablePrivilege } from './contracts.ts';
+import { grantIdFromRole, type RoleManager, type RoleSession, roleNameFor, type TablePrivilege } from './contracts.ts';
 import { PgRoleManager } from './roles.ts';
 
 type OpenManager = (adminUrl: string, resource: PostgresResource) => Promise<RoleManager>;
@@ -27,6 +27,7 @@ export class TableProvider {
   readonly #config: BrokerConfig;
   readonly #open: OpenManager;
   readonly #managers = new Map<string, Promise<RoleManager>>();
+  #beforeDrop: (() => Promise<unknown>) | undefined;
 
   constructor(config: BrokerConfig, open: OpenManager = openPgManager) {
     this.#config = config;
@@ -90,8 +91,17 @@ export class TableProvider {
     for (const name of resources) await (await this.#manager(name)).setValidity(grantId, options);
   }
 
+  /**
+   * Runs `hook` before each drop (the session observer looks once more, so a session opened since
+   * its last look is recorded before the drop terminates it). A failing hook does not stop the drop.
+   */
+  beforeDrop(hook: () => Promise<unknown>): void {
+    this.#beforeDrop = hook;
+  }
+
   /** Drops the grant's role in each resource, its sessions terminated; returns what was done. Throws to be retried. */
   async deprovision(grantId: string, resources: readonly string[]): Promise<string[]> {
+    if (resources.length > 0) await this.#beforeDrop?.().catch(() => undefined);
     const actions: string[] = [];
     for (const name of resources) actions.push(...(await (await this.#manager(name)).drop(grantId)));
     return actions;
@@ -119,6 +129,30 @@ export class TableProvider {
       }
     }
     return dropped;
+  }
+
+  /**
+   * The open sessions of grant roles, per postgres resource. A resource whose database cannot be
+   * asked now is in `failed` (with the reason, never the URL); the others are still listed.
+   */
+  async listSessions(): Promise<{
+    sessions: (RoleSession & { resource: string })[];
+    listed: string[];
+    failed: { resource: string; message: string }[];
+  }> {
+    const sessions: (RoleSession & { resource: string })[] = [];
+    const listed: string[] = [];
+    const failed: { resource: string; message: string }[] = [];
+    for (const [name, resource] of Object.entries(this.#config.resources)) {
+      if (resource.kind !== 'postgres') continue;
+      try {
+        for (const session of await (await this.#manager(name)).listSessions()) sessions.push({ ...session, resource: name });
+        listed.push(name);
+      } catch (error) {
+        failed.push({ resource: name, message: (error as Error).message });
+      }
+    }
+    return { sessions, listed, failed };
   }
 
   async close(): Promise<void> {

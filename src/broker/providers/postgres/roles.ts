@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { BrokerUnreachableError, ConflictError, ExitCode, JitError, NotFoundError, UsageError } from '../../../core/errors.ts';
 import { describeDatabase } from '../../store/postgres.ts';
-import { ROLE_PREFIX, type RoleManager, roleNameFor, type TablePrivilege } from './contracts.ts';
+import { ROLE_PREFIX, type RoleManager, type RoleSession, roleNameFor, type TablePrivilege } from './contracts.ts';
 
 const pbkdf2Async = promisify(pbkdf2);
 
@@ -36,6 +36,16 @@ const PRIVILEGE_SQL: Record<TablePrivilege['privilege'], string> = {
 };
 
 type ResolvedTable = { oid: number; columns: Set<string> };
+
+/** ROLE_PREFIX as a LIKE pattern (its "_" taken literally). */
+const ROLE_PATTERN = `${ROLE_PREFIX.replace(/[\\%_]/g, '\\$&')}%`;
+/**
+ * The grant roles this resource made, by name ($1: ROLE_PATTERN): they hold an explicit CONNECT on
+ * this database (create() grants it), so the roles of a broker serving another database are not ours.
+ */
+const OUR_ROLES = `SELECT DISTINCT r.rolname FROM pg_database d, aclexplode(d.datacl) AS a
+    JOIN pg_roles r ON r.oid = a.grantee
+  WHERE d.datname = current_database() AND r.rolname LIKE $1 ESCAPE '\\'`;
 
 /**
  * The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677, the format of
@@ -224,17 +234,38 @@ export class PgRoleManager implements RoleManager {
   }
 
   async listRoles(): Promise<string[]> {
-    const pattern = `${ROLE_PREFIX.replace(/[\\%_]/g, '\\$&')}%`;
     return this.#withClient('list grant roles', async (client) => {
-      // Only roles this resource made: grant roles hold an explicit CONNECT on this database
-      // (create() grants it), so the roles of a broker serving another database are not ours.
-      const result = await client.query<{ rolname: string }>(
-        `SELECT DISTINCT r.rolname FROM pg_database d, aclexplode(d.datacl) AS a
-           JOIN pg_roles r ON r.oid = a.grantee
-         WHERE d.datname = current_database() AND r.rolname LIKE $1 ESCAPE '\\' ORDER BY r.rolname`,
-        [pattern],
-      );
+      const result = await client.query<{ rolname: string }>(`${OUR_ROLES} ORDER BY r.rolname`, [ROLE_PATTERN]);
       return result.rows.map((row) => row.rolname);
+    });
+  }
+
+  async listSessions(): Promise<RoleSession[]> {
+    return this.#withClient('list the sessions of grant roles', async (client) => {
+      // Never the query column: statement text may hold literals (and is not what is recorded).
+      const result = await client.query<{
+        pid: number;
+        role: string;
+        database: string | null;
+        address: string | null;
+        application_name: string | null;
+        backend_start: Date | null;
+      }>(
+        `SELECT s.pid, s.usename AS role, s.datname AS database, host(s.client_addr) AS address,
+                s.application_name, s.backend_start
+           FROM pg_stat_activity s
+          WHERE s.backend_type = 'client backend' AND s.usename IN (${OUR_ROLES})
+          ORDER BY s.backend_start, s.pid`,
+        [ROLE_PATTERN],
+      );
+      return result.rows.map((row) => ({
+        pid: row.pid,
+        role: row.role,
+        database: row.database,
+        address: row.address,
+        applicationName: row.application_name || null,
+        backendStart: row.backend_start === null ? null : row.backend_start.getTime(),
+      }));
     });
   }
 
