@@ -6,6 +6,7 @@ import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from '../core/duration.ts';
 import { UsageError } from '../core/errors.ts';
+import { globMatches } from '../core/scope.ts';
 import { canonicalUrl } from '../core/url.ts';
 import { type AuditConfig, auditSchema, resolveAuditConfig } from './audit/config.ts';
 import { FILES_ACTIONS } from './providers/files.ts';
@@ -114,7 +115,7 @@ export type OidcIssuer = {
   sessionTtlSeconds: number;
   /** A token with a key id the cached keys lack refetches them, at most this often. */
   keyRefreshCooldownSeconds: number;
-  /** `ci:...` with `{claim}` placeholders, e.g. `ci:github:{repository}@{ref}`. */
+  /** `ci:...` with `{claim}` placeholders, e.g. `ci:github:{repository}@{ref}`; by default `ci:NAME:{sub}`. */
   subject: string;
   /** Globs every token of this issuer must match to be exchanged at all (e.g. repository_owner). */
   claims: Record<string, string>;
@@ -215,7 +216,7 @@ const oidcIssuerSchema = z.strictObject({
   subject: z
     .string()
     .regex(SUBJECT_TEMPLATE, 'a subject template is ci:TEXT with {claim} placeholders, e.g. ci:github:{repository}@{ref}')
-    .default('ci:{iss}:{sub}'),
+    .optional(),
   claims: claimMatches,
 });
 
@@ -426,7 +427,40 @@ const schema = z
       checkName(rule.name, ['deny', ruleIndex]);
       checkRule(rule, ['deny', ruleIndex]);
     });
+    config.policy.rules.forEach((rule, ruleIndex) => {
+      checkClaimsIssuer(rule.claims, config.oidc.issuers, (path, message) => issue(['rules', ruleIndex, 'claims', ...path], message));
+    });
   });
+
+/**
+ * With several OIDC issuers, an allow rule that matches claims names the one issuer it is for
+ * (`claims.iss`): claims are whatever each CI system puts in its tokens, so a rule written for
+ * GitHub's `repository` would otherwise let any other trusted issuer's token that states the same
+ * claim in. A deny rule needs no issuer: matching more only refuses more.
+ */
+function checkClaimsIssuer(
+  claims: Record<string, string>,
+  issuers: readonly { name: string; issuer: string }[],
+  issue: (path: string[], message: string) => void,
+): void {
+  if (issuers.length < 2 || Object.keys(claims).length === 0) return;
+  const urls = issuers.map((issuer) => `${issuer.issuer} (${issuer.name})`).join(', ');
+  if (claims.iss === undefined) {
+    issue(
+      [],
+      `broker.yaml trusts ${issuers.length} OIDC issuers, so a rule that matches claims names its issuer: add iss: "${issuers[0]?.issuer}" (or the URL of the issuer it is for) to its claims; trusted: ${urls}`,
+    );
+    return;
+  }
+  const pattern = claims.iss;
+  const matched = issuers.filter((issuer) => globMatches(pattern, issuer.issuer));
+  if (matched.length !== 1) {
+    issue(
+      ['iss'],
+      `"${pattern}" matches ${matched.length === 0 ? 'none' : matched.length} of the trusted OIDC issuers; a rule is for one: give its URL, one of ${urls}`,
+    );
+  }
+}
 
 /**
  * An approval rule must be satisfiable: at least `count` distinct approvers besides the requester
@@ -555,7 +589,8 @@ export function parseBrokerConfig(text: string, file: string): BrokerConfig {
       maxTokenAgeSeconds: issuer.maxTokenAge,
       sessionTtlSeconds: issuer.sessionTtl,
       keyRefreshCooldownSeconds: issuer.keyRefreshCooldown,
-      subject: issuer.subject,
+      // The default names the issuer by its name, not its URL: an `iss` is a URL, full of `:`.
+      subject: issuer.subject ?? `ci:${issuer.name}:{sub}`,
       claims: issuer.claims,
     })),
   };

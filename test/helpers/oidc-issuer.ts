@@ -25,6 +25,10 @@ export type TestIssuer = {
   publishAll(): void;
   /** How often the JWKS endpoint was fetched. */
   jwksFetches(): number;
+  /** Every request it was sent, whatever it answered (discovery, JWKS, while down). */
+  requests(): number;
+  /** Down: every request answers 503, as an issuer in an outage does. */
+  setDown(down: boolean): void;
   /** The FAKE GitHub token request endpoint: ACTIONS_ID_TOKEN_REQUEST_URL and _TOKEN for a job's environment. */
   github: { requestUrl: string; requestToken: string; audiences: string[] };
   close(): Promise<void>;
@@ -57,6 +61,8 @@ export async function startTestIssuer(options: { audience: string; githubClaims?
   let published: Key[] = [...keys];
   let current = keys[0] as Key;
   let fetches = 0;
+  let requests = 0;
+  let down = false;
   const requestToken = randomBytes(16).toString('hex');
   const audiences: string[] = [];
   let url = '';
@@ -75,6 +81,8 @@ export async function startTestIssuer(options: { audience: string; githubClaims?
       response.writeHead(status, { 'content-type': 'application/json' });
       response.end(JSON.stringify(body));
     };
+    requests += 1;
+    if (down) return send(503, { message: 'down' });
     if (path === '/.well-known/openid-configuration') return send(200, { issuer: url, jwks_uri: `${url}/jwks` });
     if (path === '/jwks') {
       fetches += 1;
@@ -111,6 +119,10 @@ export async function startTestIssuer(options: { audience: string; githubClaims?
       published = [...keys];
     },
     jwksFetches: () => fetches,
+    requests: () => requests,
+    setDown(value) {
+      down = value;
+    },
     github: { requestUrl: `${url}/fake-github/idtoken?api-version=2.0`, requestToken, audiences },
     close: () =>
       new Promise<void>((resolve) => {

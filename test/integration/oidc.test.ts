@@ -19,6 +19,9 @@ describe('OIDC exchange', () => {
   let issuer: TestIssuer;
   let airgap: TestIssuer;
   let gitlab: TestIssuer;
+  let ghDefault: TestIssuer;
+  let glDefault: TestIssuer;
+  let flaky: TestIssuer;
   let broker: TestBroker;
   let skew = 0;
   const secrets: string[] = [];
@@ -27,6 +30,9 @@ describe('OIDC exchange', () => {
     issuer = await startTestIssuer({ audience: AUDIENCE });
     airgap = await startTestIssuer({ audience: AUDIENCE });
     gitlab = await startTestIssuer({ audience: AUDIENCE });
+    ghDefault = await startTestIssuer({ audience: AUDIENCE });
+    glDefault = await startTestIssuer({ audience: AUDIENCE });
+    flaky = await startTestIssuer({ audience: AUDIENCE });
     broker = await startTestBroker({
       clock: { now: () => Date.now() + skew },
       policy: `policy:
@@ -36,13 +42,22 @@ describe('OIDC exchange', () => {
       scopes: ["datasets/**"]
       maxTtl: 8h
     - name: train-pipeline-main
-      claims: { repository: "acme/train-pipeline", ref: "refs/heads/main" }
+      claims: { iss: "${issuer.url}", repository: "acme/train-pipeline", ref: "refs/heads/main" }
       scopes: ["datasets/train/**"]
       defaultTtl: 1h
       maxTtl: 2h
     - name: acme-ci-eval
       subjects: ["ci:github:acme/**"]
-      claims: { environment: "eval" }
+      claims: { iss: "${issuer.url}", environment: "eval" }
+      scopes: ["datasets/eval/**"]
+      maxTtl: 30m
+    - name: airgap-pipelines-train
+      claims: { iss: "${airgap.url}", sub: "pipeline-*" }
+      scopes: ["datasets/train/**"]
+      defaultTtl: 1h
+      maxTtl: 2h
+    - name: default-subject-main
+      subjects: ["ci:gh:repo:acme/train-pipeline:ref:refs/heads/main"]
       scopes: ["datasets/eval/**"]
       maxTtl: 30m
     - name: airgap-eval-approved
@@ -82,6 +97,18 @@ describe('OIDC exchange', () => {
       audience: ${AUDIENCE}
       jwks: ${JSON.stringify(gitlab.jwks())}
       subject: "ci:gitlab:{project_path}@{ref}"
+    - name: gh
+      issuer: ${ghDefault.url}
+      audience: ${AUDIENCE}
+      jwks: ${JSON.stringify(ghDefault.jwks())}
+    - name: gl
+      issuer: ${glDefault.url}
+      audience: ${AUDIENCE}
+      jwks: ${JSON.stringify(glDefault.jwks())}
+    - name: flaky
+      issuer: ${flaky.url}
+      audience: ${AUDIENCE}
+      keyRefreshCooldown: 1s
 `,
     });
   });
@@ -90,6 +117,9 @@ describe('OIDC exchange', () => {
     await issuer?.close();
     await airgap?.close();
     await gitlab?.close();
+    await ghDefault?.close();
+    await glDefault?.close();
+    await flaky?.close();
   });
 
   const exchange = async (token: string) => {
@@ -127,6 +157,75 @@ describe('OIDC exchange', () => {
     assert.equal(body.code, 'oidc_unavailable');
     assert.match(String(body.detail), /^the CI identity token could not be checked: /);
     assert.equal((await lastRejection())?.detail.reason, 'keys_unavailable');
+  });
+
+  it('asks an issuer that is down at most once a keyRefreshCooldown (1s here): the other exchanges get the same 503 from memory, and an outage is one audit record', async () => {
+    const recorded = async () => (await events()).filter((event) => event.type === 'auth.oidc_rejected' && event.detail.issuer === 'flaky');
+    flaky.setDown(true);
+    const token = await flaky.sign();
+    // More than the 20 failed logins a minute an address may make: none of these counts as one.
+    for (let attempt = 0; attempt < 25; attempt++) {
+      const { status, body } = await exchange(token);
+      assert.equal(status, 503, `attempt ${attempt}: ${JSON.stringify(body)}`);
+      assert.equal(body.code, 'oidc_unavailable');
+      assert.match(String(body.detail), /could not get issuer flaky's keys \(http:.*openid-configuration answered 503\)/);
+    }
+    assert.equal(flaky.requests(), 1, 'one fetch of the discovery document, not one per exchange');
+    assert.equal((await recorded()).length, 1, 'one record for the outage, not one per exchange');
+    assert.equal((await recorded())[0]?.detail.reason, 'keys_unavailable');
+    await sleep(1100);
+    assert.equal((await exchange(token)).status, 503);
+    assert.equal(flaky.requests(), 2, 'asked again once the failure is forgotten');
+    assert.equal((await recorded()).length, 1, 'the same outage');
+
+    flaky.setDown(false);
+    await sleep(1100);
+    const back = await exchange(await flaky.sign());
+    assert.equal(back.status, 201, JSON.stringify(back.body));
+    // A new outage: the issuer rotated its key and went down before the broker could fetch it.
+    await sleep(1100);
+    await flaky.rotate();
+    flaky.setDown(true);
+    const rotated = await exchange(await flaky.sign());
+    assert.equal(rotated.status, 503, JSON.stringify(rotated.body));
+    assert.match(String(rotated.body.detail), /could not get issuer flaky's keys \(Expected 200 OK/);
+    assert.equal((await recorded()).length, 2, 'a second outage, a second record');
+    flaky.setDown(false);
+  });
+
+  it('makes a subject of real GitHub and GitLab sub claims with the default template, ci:NAME:{sub}', async () => {
+    const github = await exchange(await ghDefault.sign({ sub: 'repo:acme/train-pipeline:ref:refs/heads/main' }));
+    assert.equal(github.status, 201, JSON.stringify(github.body));
+    assert.equal(github.body.subject, 'ci:gh:repo:acme/train-pipeline:ref:refs/heads/main');
+    const granted = await call(String(github.body.session), 'POST', 'grants', { scopes: ['datasets/eval'] });
+    assert.equal(granted.status, 201, `a rule naming that exact subject allows: ${JSON.stringify(granted.body)}`);
+    secrets.push(String(granted.body.credential));
+    const environment = await exchange(await ghDefault.sign({ sub: 'repo:acme/train-pipeline:environment:production' }));
+    assert.equal(environment.body.subject, 'ci:gh:repo:acme/train-pipeline:environment:production');
+    const pull = await exchange(await ghDefault.sign({ sub: 'repo:acme/train-pipeline:pull_request' }));
+    assert.equal(pull.body.subject, 'ci:gh:repo:acme/train-pipeline:pull_request');
+
+    const gitlabSub = 'project_path:acme/train-pipeline:ref_type:branch:ref:main';
+    const gitlabClaims = { sub: gitlabSub, project_path: 'acme/train-pipeline', namespace_path: 'acme', ref: 'main', ref_type: 'branch' };
+    const gitlab_ = await exchange(await glDefault.sign(gitlabClaims));
+    assert.equal(gitlab_.status, 201, JSON.stringify(gitlab_.body));
+    assert.equal(gitlab_.body.subject, `ci:gl:${gitlabSub}`);
+    // What the default template still refuses (`@`, globs, spaces) is in test/unit/oidc-policy.test.ts:
+    // this broker's failed-login budget is spent on the refusals below.
+  });
+
+  it("does not let one issuer's token meet a rule written for another's claims", async () => {
+    // The air-gapped CI's token states exactly the claims train-pipeline-main asks of GitHub's.
+    const { body } = await exchange(await airgap.sign({ sub: 'intruder', repository: 'acme/train-pipeline', ref: 'refs/heads/main' }));
+    assert.equal(body.subject, 'ci:airgap:intruder');
+    const refused = await call(String(body.session), 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(refused.status, 403, JSON.stringify(refused.body));
+    assert.equal(refused.body.code, 'policy_denied');
+    // The same claims from GitHub's issuer are allowed.
+    const github = await exchange(await issuer.sign());
+    const allowed = await call(String(github.body.session), 'POST', 'grants', { scopes: ['datasets/train'] });
+    assert.equal(allowed.status, 201);
+    secrets.push(String(allowed.body.credential));
   });
 
   it('exchanges a valid token for a requester session with the mapped subject, and records the deciding claims', async () => {
@@ -271,8 +370,7 @@ describe('OIDC exchange', () => {
     assert.equal(status, 201, JSON.stringify(body));
     assert.equal(body.subject, 'ci:airgap:pipeline-7');
     assert.equal(airgap.jwksFetches(), 0);
-    // Its token carries the train pipeline's claims, so train-pipeline-main allows up to 2h, but
-    // not past the end of this 30m session.
+    // airgap-pipelines-train allows up to 2h, but not past the end of this 30m session.
     const session = String(body.session);
     const refused = await call(session, 'POST', 'grants', { scopes: ['datasets/train'], ttlSeconds: 3600 });
     assert.equal(refused.status, 400);
@@ -421,6 +519,7 @@ describe('OIDC refusals cannot flood the audit trail', () => {
 });
 
 const now = () => Math.floor(Date.now() / 1000);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 const decode = (part: string) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;
 

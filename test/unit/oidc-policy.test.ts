@@ -92,7 +92,7 @@ describe('oidc.issuers in broker.yaml', () => {
       maxTokenAgeSeconds: 3600,
       sessionTtlSeconds: 3600,
       keyRefreshCooldownSeconds: 30,
-      subject: 'ci:{iss}:{sub}',
+      subject: 'ci:github:{sub}',
       claims: {},
     });
   });
@@ -147,6 +147,68 @@ describe('oidc.issuers in broker.yaml', () => {
         JSON.stringify(ref),
       );
     }
+  });
+
+  it('by default makes ci:NAME:{sub}, where sub may hold `:` (GitHub, GitLab) but still not `@`, globs or spaces', () => {
+    const [github] = parseBrokerConfig(issuer(''), FILE).oidcIssuers;
+    assert.ok(github);
+    const subject = (sub: string) => subjectFor(github, { sub });
+    for (const sub of [
+      'repo:acme/train-pipeline:ref:refs/heads/main',
+      'repo:acme/train-pipeline:environment:production',
+      'repo:acme/train-pipeline:pull_request',
+      'project_path:acme/train-pipeline:ref_type:branch:ref:main',
+    ]) {
+      assert.equal(subject(sub), `ci:github:${sub}`);
+    }
+    for (const sub of ['repo:acme/sandbox:ref:refs/heads/x@refs/heads/main', 'repo:acme/*:ref:refs/heads/main', 'repo:a b', '{x}', '']) {
+      assert.throws(
+        () => subject(sub),
+        (error: unknown) =>
+          error instanceof OidcRejection &&
+          error.reason === 'bad_subject' &&
+          /only letters, digits and \. _ - \/ \+ = ~ :\)/.test(error.message),
+        JSON.stringify(sub),
+      );
+    }
+  });
+
+  it('allows `:` only in a sole placeholder that ends the template: with two, two claim sets could make one subject', () => {
+    const template = (subject: string) => {
+      const [parsed] = parseBrokerConfig(issuer(`      subject: "${subject}"\n`), FILE).oidcIssuers;
+      assert.ok(parsed);
+      return parsed;
+    };
+    // {a}:{b} with a=x:y, b=z and with a=x, b=y:z would both be ci:x:y:z.
+    const two = template('ci:gh:{repository_owner}:{sub}');
+    assert.throws(() => subjectFor(two, { repository_owner: 'x:y', sub: 'z' }), /claim repository_owner is empty or holds a character/);
+    assert.throws(() => subjectFor(two, { repository_owner: 'x', sub: 'y:z' }), /claim sub is empty or holds a character/);
+    assert.throws(() => subjectFor(template('ci:{sub}@gh'), { sub: 'a:b' }), /claim sub is empty or holds a character/);
+    assert.equal(subjectFor(template('ci:gh:{sub}'), { sub: 'repo:a/b:ref:main' }), 'ci:gh:repo:a/b:ref:main');
+  });
+
+  it('with several issuers, refuses an allow rule on claims that does not name its issuer (claims.iss), at its file:line:key', () => {
+    const issuers = `oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n    - name: gitlab\n      issuer: https://gitlab.com\n      audience: x\n`;
+    const rule = (claims: string) =>
+      `${HEADER}policy:\n  rules:\n    - name: ci\n      claims: ${claims}\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n  deny:\n    - name: no-unprotected\n      claims: { ref_protected: "false" }\n      scopes: ["datasets/**"]\n      reason: protected only\n${issuers}`;
+    refuses(
+      rule('{ repository: "acme/*" }'),
+      new RegExp(
+        `^${FILE}:9: policy\\.rules\\.0\\.claims: broker\\.yaml trusts 2 OIDC issuers, so a rule that matches claims names its issuer: add iss: "${GITHUB.replaceAll('.', '\\.')}" \\(or the URL of the issuer it is for\\) to its claims; trusted: ${GITHUB.replaceAll('.', '\\.')} \\(github\\), https://gitlab\\.com \\(gitlab\\)`,
+      ),
+    );
+    refuses(
+      rule('{ iss: "https://*", repository: "acme/*" }'),
+      /policy\.rules\.0\.claims\.iss: "https:\/\/\*" matches 2 of the trusted OIDC issuers; a rule is for one/,
+    );
+    refuses(
+      rule('{ iss: "https://gitlab.example", repository: "acme/*" }'),
+      /policy\.rules\.0\.claims\.iss: "https:\/\/gitlab\.example" matches none of the trusted/,
+    );
+    const named = parseBrokerConfig(rule('{ iss: "https://gitlab.com", project_path: "acme/*" }'), FILE);
+    assert.deepEqual(named.rules[0]?.claims, { iss: 'https://gitlab.com', project_path: 'acme/*' }, 'a deny rule needs no issuer');
+    const one = `${HEADER}policy:\n  rules:\n    - name: ci\n      claims: { repository: "acme/*" }\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n${issuers.split('    - name: gitlab')[0]}`;
+    assert.equal(parseBrokerConfig(one, FILE).rules.length, 1, 'with one issuer, iss may be left out');
   });
 
   it('jit policy explain --issuer makes the subject from the claims and applies the session TTL', async () => {

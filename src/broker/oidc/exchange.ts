@@ -124,8 +124,9 @@ export class OidcExchange {
     try {
       verified = await this.#verifier.verify(token, now);
     } catch (error) {
-      if (error instanceof OidcRejection) return this.#rejected(now, error.reason, error.message, token, error.issuer?.name);
-      throw error;
+      if (!(error instanceof OidcRejection)) throw error;
+      if (error.reason === 'keys_unavailable') return this.#unavailable(now, error, token);
+      return this.#rejected(now, error.reason, error.message, token, error.issuer?.name);
     }
     const { issuer, claims, subject } = verified;
     const session = newSecret(SESSION_PREFIX);
@@ -163,12 +164,28 @@ export class OidcExchange {
   }
 
   /**
-   * Records a refusal and throws it. Anyone can call the route, so the record is bounded: a token
+   * The issuer's keys cannot be had, so the token was not judged: 503, not counted as a failed
+   * login. While the issuer is down every exchange ends here, so only the first of an outage is
+   * recorded (as a refusal with reason keys_unavailable); the verifier answers the rest from its
+   * memory of the failed fetch, without asking the issuer again.
+   */
+  async #unavailable(now: number, rejection: OidcRejection, token: string): Promise<never> {
+    if (rejection.outageStarted) await this.#record(now, rejection.reason, rejection.message, token, rejection.issuer?.name);
+    throw new OidcUnavailableError(`the CI identity token could not be checked: ${rejection.message}`);
+  }
+
+  async #rejected(now: number, reason: string, message: string, token: string, issuer?: string): Promise<never> {
+    await this.#record(now, reason, message, token, issuer);
+    throw new OidcRejectedError(`the CI identity token was refused: ${message}`);
+  }
+
+  /**
+   * Records a refusal. Anyone can call the route, so the record is bounded: a token
    * that is not even shaped like a JWT leaves its length only, and one that is leaves its header's
    * `alg` and `kid` and the deciding claims as it states them (unverified: that is why it was
    * refused; they are there to find the job), each cut short, all within REJECTION_DETAIL_BYTES.
    */
-  async #rejected(now: number, reason: string, message: string, token: string, issuer?: string): Promise<never> {
+  async #record(now: number, reason: string, message: string, token: string, issuer?: string): Promise<void> {
     const parts = jwtParts(token);
     const detail: Record<string, unknown> = { issuer: issuer ?? null, reason, message: printable(message, 300) };
     if (parts) {
@@ -185,8 +202,6 @@ export class OidcExchange {
       detail.length = token.length;
     }
     await this.#store.appendEvent({ at: now, type: 'auth.oidc_rejected', subject: null, grantId: null, detail });
-    if (reason === 'keys_unavailable') throw new OidcUnavailableError(`the CI identity token could not be checked: ${message}`);
-    throw new OidcRejectedError(`the CI identity token was refused: ${message}`);
   }
 
   /** The deciding claims only, each cut to `chars`: never the whole token, never its signature. */
