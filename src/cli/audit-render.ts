@@ -63,6 +63,9 @@ const GLANCE = [
   'ttlSeconds',
   'denials',
   'usedFrom',
+  // data.session: where a database session came from and what it calls itself.
+  'address',
+  'applicationName',
   'roles',
   'tokenId',
   'version',

@@ -31,6 +31,28 @@ describe('audit records on a terminal', () => {
     );
   });
 
+  it('shows where a database session came from and what it calls itself, never more than a glance', () => {
+    const session = record({
+      action: 'data.session',
+      outcome: 'ok',
+      grant: 'g_01a213abe97dc24ed4e9',
+      scope: 'warehouse/public.orders:select',
+      details: {
+        resource: 'warehouse',
+        role: 'jit_g_01a213abe97dc24ed4e9',
+        database: 'dw',
+        pid: 4242,
+        address: '10.0.4.7',
+        applicationName: 'nightly-report',
+        backendStart: '2026-11-25T17:06:02.900Z',
+      },
+    });
+    assert.equal(
+      recordLine(session, plain),
+      '17:06:03.261  ok       data.session              user:ana  g_01a213abe97dc24ed4e9  warehouse/public.orders:select  address=10.0.4.7 applicationName=nightly-report',
+    );
+  });
+
   it("makes control characters in someone else's text visible instead of obeying them", () => {
     const forged = '\x1b[2K\r\x1b[32mok grant.issued user:boss';
     const line = recordLine(record({ details: { reason: forged }, actor: 'user:\x1b[1mana' }), plain);
