@@ -46,8 +46,14 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
   const explicitBrokerUrl = options.broker || env.JIT_BROKER_URL || undefined;
 
   const openSecrets = () => {
-    // A CI job on its OIDC identity keeps nothing in a keychain: its grant credentials live in this process only.
-    const mode = options.keychain === 'auto' && !env.JIT_TOKEN && oidcSource(env) ? 'memory' : options.keychain;
+    // A CI job on its OIDC identity keeps nothing in a keychain, whatever --keychain says: its
+    // session is exchanged anew by each command, so a credential stored for a later one would be
+    // a standing secret on the runner that nothing cleans up (docs/ci.md#oidc-no-stored-secret).
+    const oidc = authFor(env) === 'oidc';
+    const mode = oidc ? 'memory' : options.keychain;
+    if (oidc && options.keychain !== 'memory' && !secrets) {
+      out.info(`CI OIDC identity: grant credentials stay in this process's memory (--keychain ${options.keychain} does not apply)`);
+    }
     secrets ??= openSecretStore(mode, bindingOverride(env)).then((store) => {
       if (store.backend === 'memory' && mode === 'auto') {
         out.warn(`no OS keychain reachable, keeping credentials in memory only (${store.fallbackReason}); see docs/keychain.md`);
@@ -101,8 +107,7 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
           hint: 'set both, or pass --broker (a token is only sent to the broker it is for)',
         });
       }
-      // An explicit JIT_TOKEN wins; then the CI job's own OIDC identity, when it offers one; then the keychain.
-      const auth: GrantAuth = env.JIT_TOKEN ? 'env' : oidcSource(env) ? 'oidc' : 'profile';
+      const auth = authFor(env);
       const brokerUrl = explicitBrokerUrl || config.profile(profile)?.brokerUrl;
       if (!brokerUrl) {
         throw new AuthError(`no broker configured for profile "${profile}"`, {
@@ -126,6 +131,14 @@ export function createContext(options: GlobalOptions, out: Output, env: NodeJS.P
     },
   };
   return context;
+}
+
+/**
+ * What a command authenticates with: an explicit JIT_TOKEN wins; then the CI job's own OIDC
+ * identity, when the environment offers one; then the profile's token in the keychain.
+ */
+export function authFor(env: NodeJS.ProcessEnv): GrantAuth {
+  return env.JIT_TOKEN ? 'env' : oidcSource(env) ? 'oidc' : 'profile';
 }
 
 /** JIT_KEYCHAIN_BINDING pins one keychain binding (keytar or napi-keyring); tests use it to cover both. */

@@ -1,10 +1,11 @@
 import { releaseOrDefer } from '../client/release.ts';
 import type { LocalGrant } from '../config/local.ts';
 import { parseDuration } from '../core/duration.ts';
+import { UsageError } from '../core/errors.ts';
 import type { IssuedGrant } from '../core/grant.ts';
 import { formatScope, parseScope } from '../core/scope.ts';
 import { keepCredential } from '../runner/held.ts';
-import type { Context, Session } from './context.ts';
+import { authFor, type Context, type Session } from './context.ts';
 
 /** The TTL a command asks for: `--ttl`, else the profile's default (`jit config set --default-ttl`), else the policy's. */
 export function requestedTtlSeconds(ctx: Context, option: unknown): number | undefined {
@@ -15,6 +16,22 @@ export function requestedTtlSeconds(ctx: Context, option: unknown): number | und
 /** `--wait-timeout` in milliseconds, when given. */
 export function waitTimeoutMs(option: unknown): number | undefined {
   return option === undefined ? undefined : parseDuration(String(option), '--wait-timeout') * 1000;
+}
+
+/**
+ * A grant left for a later command (`jit request`, `jit run --no-wait`) needs its credential kept
+ * until then, in the keychain. A CI job on its OIDC identity keeps nothing: the credential would
+ * be gone when this process exits, and `jit run --grant ID` could not use the grant. Refused
+ * before anything is requested, so no grant is left on the broker.
+ */
+export function refuseUnheldWithOidc(ctx: Context, command: string): void {
+  if (authFor(ctx.env) !== 'oidc') return;
+  throw new UsageError(
+    `${command} cannot leave a grant for a later step with a CI OIDC identity: its credential would exist in this process only`,
+    {
+      hint: 'use `jit run --scope SCOPE -- COMMAND`, which waits for approval holding the grant, or `jit env` to give its variables to later steps (docs/ci.md#oidc-no-stored-secret)',
+    },
+  );
 }
 
 export type UnheldGrant = {

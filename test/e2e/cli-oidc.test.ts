@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { GrantView } from '../../src/core/grant.ts';
@@ -16,6 +17,8 @@ import { job, startJit } from './support.ts';
  * CLI asks GitHub for.
  */
 const SUBJECT = 'ci:github:acme/train-pipeline@refs/heads/main';
+/** A second audience the broker accepts, for JIT_OIDC_AUDIENCE. */
+const EXTRA_AUDIENCE = 'https://jit-audience.test';
 
 /** The OS keychain when one is reachable here; undefined on a headless machine (nothing to look into). */
 async function keychainIfAny(): Promise<SecretStore | undefined> {
@@ -45,13 +48,13 @@ describe('jit in a CI job with an OIDC identity and no stored jit token', () => 
   issuers:
     - name: github
       issuer: ${issuer.url}
-      audience: AUDIENCE
+      audience: ["AUDIENCE", "${EXTRA_AUDIENCE}"]
       subject: "ci:github:{repository}@{ref}"
 `,
     });
     // The audience is the broker's own URL, known once it listens: set it and restart on the same port.
     const configFile = path.join(broker.dir, 'broker.yaml');
-    await writeFile(configFile, (await readFile(configFile, 'utf8')).replace('audience: AUDIENCE', `audience: ${broker.url}`));
+    await writeFile(configFile, (await readFile(configFile, 'utf8')).replace('"AUDIENCE"', `"${broker.url}"`));
     await broker.stop();
     await broker.restart();
     ciEnv = await testEnv({
@@ -151,10 +154,128 @@ describe('jit in a CI job with an OIDC identity and no stored jit token', () => 
     assert.equal(run.code, 3);
     assert.match(
       run.stderr,
-      /^jit: error: the CI identity token was refused: the token's audience is not http:\/\/127\.0\.0\.1:\d+; check the job's audience/,
+      /^jit: error: the CI identity token was refused: the token's audience is not http:\/\/127\.0\.0\.1:\d+ or https:\/\/jit-audience\.test; check the job's audience/,
     );
     assert.equal(run.stderr.split('\n').filter(Boolean).length, 1);
     assert.ok(!run.stderr.includes(token.split('.')[2] ?? 'x'));
+  });
+
+  it('jit request and jit run --no-wait refuse at once, exit 2, before any grant: its credential would be lost at exit', async () => {
+    const before = (await grantsOnBroker()).length;
+    const asked = issuer.github.audiences.length;
+    for (const [args, command] of [
+      [['request', '--scope', 'datasets/train'], 'jit request'],
+      [['run', '--no-wait', '--scope', 'datasets/train', '--', 'true'], 'jit run --no-wait'],
+    ] as const) {
+      const result = await jit([...args], { env: ciEnv });
+      assert.equal(result.code, 2, result.stderr);
+      assert.equal(result.stdout, '');
+      assert.equal(
+        result.stderr,
+        `jit: error: ${command} cannot leave a grant for a later step with a CI OIDC identity: its credential would exist in this process only; use \`jit run --scope SCOPE -- COMMAND\`, which waits for approval holding the grant, or \`jit env\` to give its variables to later steps (docs/ci.md#oidc-no-stored-secret)\n`,
+      );
+    }
+    assert.equal((await grantsOnBroker()).length, before, 'no grant left on the broker');
+    assert.equal(issuer.github.audiences.length, asked, 'not even a token was asked for');
+  });
+
+  it('keeps grant credentials out of the keychain even with JIT_KEYCHAIN=require, and says so once with -v', async () => {
+    const keychain = await keychainIfAny();
+    // The D-Bus session (and so the keychain) that ciEnv hides, back in reach.
+    const env: NodeJS.ProcessEnv = { ...ciEnv, DBUS_SESSION_BUS_ADDRESS: process.env.DBUS_SESSION_BUS_ADDRESS, JIT_KEYCHAIN: 'require' };
+    const printed = await jit(['-v', 'env', '--scope', 'datasets/train', '--ttl', '10m', '--format', 'json'], { env });
+    assert.equal(printed.code, 0, printed.stderr);
+    const id = (JSON.parse(printed.stdout) as Record<string, string>).JIT_GRANT_ID ?? '';
+    assert.match(id, /^g_/);
+    const notes = printed.stderr.match(/grant credentials stay in this process's memory \(--keychain require does not apply\)/g);
+    assert.equal(notes?.length, 1, printed.stderr);
+    if (keychain) assert.equal(await keychain.get(`grant:${id}`), undefined, 'no grant credential in the keychain');
+    const quiet = await jit(['whoami'], { env });
+    assert.equal(quiet.code, 0, quiet.stderr);
+    assert.equal(quiet.stderr, '', 'nothing said without -v');
+    const revoked = await jit(['revoke', '--all', '--yes'], { env });
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.equal((await grantsOnBroker()).find((grant) => grant.id === id)?.state, 'revoked');
+  });
+
+  it('reads the token from JIT_OIDC_TOKEN_FILE, and names the file when it cannot', async () => {
+    const file = path.join(ciEnv.HOME ?? '', 'oidc-token');
+    await writeFile(file, `${await issuer.sign({ aud: broker.url })}\n`, { mode: 0o600 });
+    const asked = issuer.github.audiences.length;
+    const env: NodeJS.ProcessEnv = { ...ciEnv, JIT_OIDC_TOKEN_FILE: file };
+    const whoami = await jit(['whoami', '--json'], { env });
+    assert.equal(whoami.code, 0, whoami.stderr);
+    assert.equal((JSON.parse(whoami.stdout) as { subject: string }).subject, SUBJECT);
+    assert.equal(issuer.github.audiences.length, asked, 'the file wins over GitHub Actions');
+    const missing = await jit(['whoami'], { env: { ...env, JIT_OIDC_TOKEN_FILE: `${file}.missing` } });
+    assert.equal(missing.code, 2);
+    assert.equal(
+      missing.stderr,
+      `jit: error: cannot read JIT_OIDC_TOKEN_FILE ${file}.missing (ENOENT); point it at the file the CI system writes the job's OIDC token to\n`,
+    );
+    await writeFile(file, '\n');
+    const empty = await jit(['whoami'], { env });
+    assert.equal(empty.code, 2);
+    assert.equal(empty.stderr, `jit: error: JIT_OIDC_TOKEN_FILE ${file} is empty; point it at the file holding the job's OIDC token\n`);
+  });
+
+  it('JIT_OIDC=off ignores every token source: with no JIT_TOKEN the job is not logged in, and GitHub is not asked', async () => {
+    const asked = issuer.github.audiences.length;
+    const env: NodeJS.ProcessEnv = { ...ciEnv, JIT_OIDC: 'off', JIT_OIDC_TOKEN: await issuer.sign({ aud: broker.url }) };
+    const whoami = await jit(['whoami'], { env });
+    assert.equal(whoami.code, 3, whoami.stderr);
+    assert.match(whoami.stderr, /^jit: error: not logged in to http:\/\/127\.0\.0\.1:\d+; run `jit login --broker/);
+    assert.equal(issuer.github.audiences.length, asked);
+  });
+
+  it('asks GitHub for the audience in JIT_OIDC_AUDIENCE instead of the broker URL', async () => {
+    const ok = await jit(['whoami', '--json'], { env: { ...ciEnv, JIT_OIDC_AUDIENCE: EXTRA_AUDIENCE } });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal((JSON.parse(ok.stdout) as { subject: string }).subject, SUBJECT);
+    assert.equal(issuer.github.audiences.at(-1), EXTRA_AUDIENCE);
+    const wrong = await jit(['whoami'], { env: { ...ciEnv, JIT_OIDC_AUDIENCE: 'https://elsewhere.test' } });
+    assert.equal(wrong.code, 3);
+    assert.match(wrong.stderr, /^jit: error: the CI identity token was refused: the token's audience is not /);
+    assert.equal(issuer.github.audiences.at(-1), 'https://elsewhere.test');
+  });
+});
+
+describe('jit broker check-config with several OIDC issuers', () => {
+  it('refuses an allow rule on claims that does not name its issuer, at file:line:key, exit 2', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'jit-oidc-config-'));
+    const env = await testEnv();
+    try {
+      await mkdir(path.join(dir, 'data'));
+      const file = path.join(dir, 'broker.yaml');
+      const yaml = `version: 1
+resources:
+  datasets: { kind: files, root: data }
+oidc:
+  issuers:
+    - { name: github, issuer: "https://token.actions.githubusercontent.com", audience: jit }
+    - { name: gitlab, issuer: "https://gitlab.com", audience: jit }
+policy:
+  rules:
+    - name: train-main
+      claims: { repository: acme/train-pipeline, ref: refs/heads/main }
+      scopes: ["datasets/train/**"]
+      maxTtl: 1h
+`;
+      await writeFile(file, yaml);
+      const refused = await jit(['broker', 'check-config', '--dir', dir], { env });
+      assert.equal(refused.code, 2);
+      assert.equal(refused.stdout, '');
+      assert.match(
+        refused.stderr,
+        /^jit: error: .*broker\.yaml:11: policy\.rules\.0\.claims: broker\.yaml trusts 2 OIDC issuers, so a rule that matches claims names its issuer: add iss: "https:\/\/token\.actions\.githubusercontent\.com"/,
+      );
+      await writeFile(file, yaml.replace('claims: { repository', 'claims: { iss: "https://gitlab.com", repository'));
+      const fixed = await jit(['broker', 'check-config', '--dir', dir], { env });
+      assert.equal(fixed.code, 0, fixed.stderr);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+      await rm(env.HOME ?? '', { recursive: true, force: true });
+    }
   });
 });
 

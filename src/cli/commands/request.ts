@@ -3,7 +3,7 @@ import { PendingError } from '../../core/errors.ts';
 import type { GrantView } from '../../core/grant.ts';
 import { waitForApproval } from '../../runner/wait.ts';
 import type { CommandDefinition } from '../command.ts';
-import { requestedTtlSeconds, requestUnheld, waitTimeoutMs } from '../unheld.ts';
+import { refuseUnheldWithOidc, requestedTtlSeconds, requestUnheld, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -19,6 +19,7 @@ export const request: CommandDefinition = {
       .option('--wait-timeout <duration>', 'with --wait: give up waiting after this long (the request stays pending)'),
   async handler({ options }, ctx) {
     // Flags are checked before anything is requested: a bad one leaves no grant behind.
+    refuseUnheldWithOidc(ctx, 'jit request');
     const timeoutMs = waitTimeoutMs(options.waitTimeout);
     const { issued, entry, client, release } = await requestUnheld(ctx, {
       scopes: options.scope as string[],

@@ -1,7 +1,7 @@
 import { parseDuration } from '../../core/duration.ts';
 import { runUnderGrant } from '../../runner/run.ts';
 import type { CommandDefinition } from '../command.ts';
-import { requestedTtlSeconds, waitTimeoutMs } from '../unheld.ts';
+import { refuseUnheldWithOidc, requestedTtlSeconds, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -21,6 +21,7 @@ export const run: CommandDefinition = {
       .argument('[command...]', 'the command to run, after --')
       .passThroughOptions(),
   async handler({ args, options }, ctx) {
+    if (options.wait === false) refuseUnheldWithOidc(ctx, 'jit run --no-wait');
     const exitCode = await runUnderGrant(ctx, {
       scopes: (options.scope as string[] | undefined) ?? [],
       grantId: options.grant === undefined ? undefined : String(options.grant),
