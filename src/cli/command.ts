@@ -14,5 +14,7 @@ export type CommandDefinition = {
   path: string;
   summary: string;
   define?(command: Command): void;
+  /** false: skip the reaping of leftover grants that starts every other client command (jit doctor reports them instead). */
+  reapFirst?: false;
   handler(input: CommandInput, ctx: Context): Promise<CommandResult>;
 };

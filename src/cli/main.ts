@@ -25,20 +25,26 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       env,
     );
     ran = { definition, ctx };
-    if (!definition.path.startsWith('broker')) await reapLeftovers(ctx);
+    if (!definition.path.startsWith('broker') && definition.reapFirst !== false) await reapLeftovers(ctx);
     result = await definition.handler({ args: command.args, options: command.opts() }, ctx);
   });
   const fallbackOut = () =>
     ran?.ctx.out ?? new Output({ json: argv.includes('--json'), verbose: argv.includes('-v') || argv.includes('--verbose') });
 
+  const args = hoistGlobalFlags(argv, program);
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    await program.parseAsync(args, { from: 'user' });
   } catch (error) {
     if (error instanceof CommanderError) {
-      if (['commander.helpDisplayed', 'commander.help', 'commander.version'].includes(error.code)) return ExitCode.ok;
-      const command = commandPathIn(argv, error.code === 'commander.unknownCommand');
-      const message = error.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
-      fallbackOut().error(new UsageError(message, { code: 'usage', hint: `run \`jit ${command ? `${command} ` : ''}--help\` for usage` }));
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return ExitCode.ok;
+      // A group without its subcommand (`jit config`): commander has printed its help on stderr.
+      if (error.code === 'commander.help') return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+      const command = commandAt(program, args);
+      const message = error.message
+        .replace(/^error: /, '')
+        .replace(/\s*\n\s*/g, ' ')
+        .replace(/\.$/, '');
+      fallbackOut().error(new UsageError(message, { code: 'usage', hint: usageHint(command) }));
       return ExitCode.usage;
     }
     // Ctrl-C at a prompt: the user meant to stop, and a shell expects 130 for that.
@@ -137,19 +143,79 @@ function brokerFlag(url: string): string {
   return canonicalUrl(url);
 }
 
+/** The global flags, each with whether it takes a value: the same on every command (addGlobalOptions). */
+const GLOBAL_FLAGS = new Map<string, boolean>([
+  ['--broker', true],
+  ['--json', false],
+  ['-v', false],
+  ['--verbose', false],
+  ['-q', false],
+  ['--quiet', false],
+  ['--no-color', false],
+  ['--profile', true],
+  ['--keychain', true],
+]);
+
 /**
- * The command words of argv before its first flag, for the usage hint: the groups' words (`broker
- * token`, `config`), then the command's own word unless the command is the unknown one.
+ * Global flags may come before the command word too (`jit --json grants`, `jit --profile work
+ * run ...`): they are moved after the command's words, where each command declares them. Anything
+ * else before the command word (`--version`, `--help`, an unknown flag) stays where it is.
  */
-function commandPathIn(argv: string[], unknownCommand: boolean): string {
-  const words: string[] = [];
-  for (const word of argv) {
-    if (word.startsWith('-')) break;
-    const prefix = [...words, word].join(' ');
-    const isGroup = COMMANDS.some((definition) => definition.path.startsWith(`${prefix} `));
-    if (!isGroup && unknownCommand) break;
-    words.push(word);
-    if (!isGroup) break;
+export function hoistGlobalFlags(argv: readonly string[], program: Command): string[] {
+  const hoisted: string[] = [];
+  let index = 0;
+  while (index < argv.length) {
+    const word = argv[index] ?? '';
+    const [flag, inlineValue] = word.includes('=') ? [word.slice(0, word.indexOf('=')), word] : [word, undefined];
+    const takesValue = GLOBAL_FLAGS.get(flag);
+    if (takesValue === undefined) break;
+    if (takesValue && inlineValue === undefined) {
+      if (index + 1 >= argv.length) break;
+      hoisted.push(word, argv[index + 1] ?? '');
+      index += 2;
+    } else {
+      hoisted.push(word);
+      index += 1;
+    }
   }
-  return words.join(' ');
+  if (hoisted.length === 0) return [...argv];
+  const rest = argv.slice(index);
+  const depth = commandWords(program, rest).length;
+  // No command named: commander reports what is really wrong with the rest (`--bogus`, or help).
+  if (depth === 0) return rest;
+  return [...rest.slice(0, depth), ...hoisted, ...rest.slice(depth)];
+}
+
+/** The leading words of argv that name commands, group by group (`broker token list`). */
+function commandWords(program: Command, argv: readonly string[]): string[] {
+  const words: string[] = [];
+  let current = program;
+  for (const word of argv) {
+    const next = current.commands.find((command) => command.name() === word);
+    if (!next) break;
+    words.push(word);
+    current = next;
+  }
+  return words;
+}
+
+/** The deepest command argv names; the program itself when it names none. */
+function commandAt(program: Command, argv: readonly string[]): Command {
+  let current = program;
+  for (const word of commandWords(program, argv)) current = current.commands.find((command) => command.name() === word) ?? current;
+  return current;
+}
+
+/** The command's usage line, for a usage error's hint: `usage: jit renew [options] <id> (jit renew --help ...)`. */
+function usageHint(command: Command): string {
+  const words: string[] = [];
+  for (let at: Command | null = command; at; at = at.parent) words.unshift(at.name());
+  const path = words.join(' ');
+  // A usage of several forms (jit run's) reads as alternatives on the one line.
+  const forms = command
+    .usage()
+    .split('\n')
+    .map((form) => form.trim())
+    .map((form) => (form.startsWith(`${path} `) ? form : `${path} ${form}`));
+  return `usage: ${forms.join(' | ')}; \`${path} --help\` explains each flag`;
 }

@@ -5,6 +5,9 @@ import { Redraw, type TerminalStream } from './live.ts';
 
 export type Spinner = { text(text: string): void; succeed(text: string): void; fail(text: string): void; stop(): void };
 
+/** A wait shorter than this shows no spinner at all. */
+const SPINNER_DELAY_MS = 150;
+
 const silentSpinner: Spinner = { text() {}, succeed() {}, fail() {}, stop() {} };
 
 /**
@@ -18,6 +21,8 @@ export class Output {
   /** -q: only results, warnings and errors; no notices, no spinners. */
   readonly quiet: boolean;
   readonly color: ChalkInstance;
+  /** --no-color or NO_COLOR: plain output, so no colours and no spinner either. */
+  readonly #plain: boolean;
   readonly #stdout: TerminalStream & { isTTY?: boolean };
   readonly #stderr: NodeJS.WritableStream & { isTTY?: boolean };
 
@@ -35,7 +40,8 @@ export class Output {
     this.quiet = Boolean(options.quiet);
     this.#stdout = options.stdout ?? process.stdout;
     this.#stderr = options.stderr ?? process.stderr;
-    const colorful = !this.json && options.color !== false && Boolean(this.#stderr.isTTY) && !process.env.NO_COLOR;
+    this.#plain = options.color === false || Boolean(process.env.NO_COLOR);
+    const colorful = !this.json && !this.#plain && Boolean(this.#stderr.isTTY);
     this.color = new Chalk({ level: colorful ? 1 : 0 });
   }
 
@@ -103,22 +109,36 @@ export class Output {
     );
   }
 
-  /** A spinner on stderr when it is a terminal and the output is for a person; silent otherwise. */
+  /** Awaits `work` (a call to the broker, say) with a spinner saying `text` while it lasts; see spinner. */
+  async during<T>(text: string, work: () => Promise<T>): Promise<T> {
+    const spinner = this.spinner(text);
+    try {
+      return await work();
+    } finally {
+      spinner.stop();
+    }
+  }
+
+  /** A spinner on stderr when it is a terminal and the output is for a person (not --json, -q, --no-color or NO_COLOR); silent otherwise. */
   spinner(text: string): Spinner {
     // A terminal that reports no width (`script` without a terminal of its own) sends ora 9 into
     // an endless redraw loop, so such terminals get no spinner.
     const columns = (this.#stderr as { columns?: number }).columns;
-    if (this.json || this.quiet || !this.#stderr.isTTY || !columns) return silentSpinner;
-    // ora loads in the background: a quick answer finishes before any spinner shows, and
-    // commands that never spin never pay for it.
+    if (this.json || this.quiet || this.#plain || !this.#stderr.isTTY || !columns) return silentSpinner;
+    // ora loads in the background, after a moment: a quick answer finishes before any spinner
+    // shows (no flicker), and commands that never spin never pay for it.
     let spinner: Ora | undefined;
     let finished = false;
     let label = text;
-    void import('ora').then(({ default: ora }) => {
-      if (!finished) spinner = ora({ text: label, stream: this.#stderr, discardStdin: false }).start();
-    });
+    const show = setTimeout(() => {
+      void import('ora').then(({ default: ora }) => {
+        if (!finished) spinner = ora({ text: label, stream: this.#stderr, discardStdin: false }).start();
+      });
+    }, SPINNER_DELAY_MS);
+    show.unref();
     const finish = (end: (current: Ora) => void) => {
       finished = true;
+      clearTimeout(show);
       if (spinner) end(spinner);
     };
     return {

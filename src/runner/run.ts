@@ -226,7 +226,9 @@ function exitStatus(ctx: Context, program: string, outcome: ChildOutcome): numbe
 async function finish(ctx: Context, deps: { client: BrokerClient; secrets: SecretStore; grantId: string }): Promise<void> {
   const { grantId } = deps;
   // The client retries a revocation that cannot reach the broker (or meets a 5xx) with back-off.
-  const outcome = await releaseOrDefer(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets });
+  const outcome = await ctx.out.during(`revoking grant ${grantId}`, () =>
+    releaseOrDefer(grantId, { client: deps.client, config: ctx.config, secrets: deps.secrets }),
+  );
   if ('error' in outcome) {
     ctx.out.warn(
       `could not revoke grant ${grantId} (${outcome.error.message}); it lapses on the broker without heartbeats, and the next jit command retries the revocation`,

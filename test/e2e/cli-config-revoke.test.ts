@@ -183,7 +183,7 @@ describe('jit config', () => {
     assert.equal(noTtl.code, 2);
     assert.match(
       noTtl.stderr,
-      /^jit: error: required option '--default-ttl <duration>' not specified; run `jit config set --help` for usage\n$/,
+      /^jit: error: required option '--default-ttl <duration>' not specified; usage: jit config set \[options\]; `jit config set --help` explains each flag\n$/,
     );
 
     const list = await jit(['config', 'list', '--profile', profile], { env });

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { LocalGrant } from '../../src/config/local.ts';
-import { jit, testEnv } from '../helpers/cli.ts';
-import { setUp } from './support.ts';
+import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
+import { assertReleased, brokerGrant, indexFile, localGrants } from '../helpers/state.ts';
+import { setUp, startJit } from './support.ts';
 
 type Check = { name: string; status: 'pass' | 'warn' | 'fail'; detail: string; fix?: string };
 type Report = { checks: Check[]; ok: boolean };
@@ -162,5 +163,53 @@ describe('jit doctor', () => {
     const auth = check(report, 'auth');
     assert.equal(auth.status, 'fail');
     assert.match(auth.fix ?? '', /jit login --broker URL/);
+  });
+
+  it('shows leftover grants as they are, revokes them with --reap, and offers to on a terminal', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    // Grants held by no process, marked revoke-pending as a jit run does when the broker was down at exit.
+    const leftovers: string[] = [];
+    for (const _ of [1, 2]) {
+      const requested = await jit(['request', '--scope', 'datasets/train'], { env: places.env });
+      assert.equal(requested.code, 0, requested.stderr);
+      leftovers.push(requested.stdout.match(/^g_[0-9a-f]{20}/)?.[0] ?? '');
+    }
+    const markRevokePending = async (id: string) => {
+      const file = indexFile(places.env);
+      const config = JSON.parse(await readFile(file, 'utf8')) as { grants: Record<string, LocalGrant> };
+      config.grants[id] = { ...(config.grants[id] as LocalGrant), state: 'revoke-pending' };
+      await writeFile(file, JSON.stringify(config), { mode: 0o600 });
+    };
+    const [first = '', second = ''] = leftovers;
+    await markRevokePending(first);
+
+    const shown = await doctor(places.env);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.equal(check(shown.report, 'grants').status, 'warn');
+    assert.equal(check(shown.report, 'grants').detail, `1 left over: ${first} (revoke-pending)`);
+    assert.match(check(shown.report, 'grants').fix ?? '', /jit doctor --reap/);
+    assert.equal((await brokerGrant(places.broker, first)).state, 'active', 'doctor alone changes nothing');
+
+    const reaped = await doctor(places.env, ['--reap']);
+    assert.equal(reaped.code, 0, reaped.stderr);
+    assert.deepEqual(check(reaped.report, 'grants'), { name: 'grants', status: 'pass', detail: `reaped ${first} (revoked)` });
+    assert.equal((await brokerGrant(places.broker, first)).state, 'revoked');
+    assert.deepEqual(Object.keys(await localGrants(places.env)), [second], 'a grant that is not left over is kept');
+    assert.equal((await brokerGrant(places.broker, second)).state, 'active');
+
+    if (!terminalAvailable()) return t.skip('util-linux script is not installed');
+    await markRevokePending(second);
+    const asked = startJit(t, ['doctor'], { env: places.env, terminal: true });
+    await asked.readUntil('stdout', /Revoke the 1 leftover grant now\? \(Y\/n\)/);
+    asked.child.stdin?.write('y\r');
+    const answered = await asked.done;
+    assert.equal(answered.code, 0, answered.stdout);
+    assert.match(answered.stdout, new RegExp(`grants +reaped ${second} \\(revoked\\)`));
+    await assertReleased(places, second);
+
+    const inCi = await jit(['doctor'], { env: { ...places.env, CI: 'true' } });
+    assert.equal(inCi.code, 0, inCi.stderr);
+    assert.doesNotMatch(inCi.stdout + inCi.stderr, /Revoke the/);
   });
 });

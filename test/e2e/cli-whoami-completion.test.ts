@@ -250,6 +250,9 @@ describe('jit completion', () => {
     const result = await jit(['completion', 'tcsh'], { env });
     assert.equal(result.code, 2);
     assert.equal(result.stdout, '');
-    assert.match(result.stderr, /^jit: error: .*'tcsh' is invalid.*bash, zsh, fish.*; run `jit completion --help` for usage\n$/);
+    assert.match(
+      result.stderr,
+      /^jit: error: .*'tcsh' is invalid.*bash, zsh, fish.*; usage: jit completion \[options\] <shell>; `jit completion --help` explains each flag\n$/,
+    );
   });
 });

@@ -13,7 +13,9 @@ export const approve: CommandDefinition = {
     const { client } = await ctx.session();
     const id = await grantToReview(ctx, client, args[0], 'approve');
     if (id === undefined) return { data: { grants: [] }, human: 'No requests wait for your review.' };
-    const grant = await client.approve(id, options.reason === undefined ? undefined : String(options.reason));
+    const grant = await ctx.out.during(`approving ${id}`, () =>
+      client.approve(id, options.reason === undefined ? undefined : String(options.reason)),
+    );
     const human =
       grant.state === 'active'
         ? `${id} approved: ${grant.subject} now has ${grant.scopes.join(', ')} until ${grant.expiresAt}`

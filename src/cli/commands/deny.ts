@@ -15,7 +15,7 @@ export const deny: CommandDefinition = {
     if (id === undefined) return { data: { grants: [] }, human: 'No requests wait for your review.' };
     const reason = options.reason === undefined ? await askReason(ctx.interactive) : String(options.reason).trim();
     if (!reason) throw new UsageError('a denial needs a reason', { hint: 'pass --reason "why", which the requester sees' });
-    const grant = await client.deny(id, reason);
+    const grant = await ctx.out.during(`denying ${id}`, () => client.deny(id, reason));
     return { data: grant, human: `${id} denied: ${grant.subject} does not get ${grant.scopes.join(', ')}` };
   },
 };

@@ -3,7 +3,8 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { BrokerClient } from '../../client/broker-client.ts';
 import { describeSource, oidcSource } from '../../client/oidc.ts';
-import { wrapperGone } from '../../client/release.ts';
+import { releaseOrDefer, wrapperGone } from '../../client/release.ts';
+import type { LocalGrant } from '../../config/local.ts';
 import { JitError } from '../../core/errors.ts';
 import type { SecretStore } from '../../secrets/store.ts';
 import type { CommandDefinition } from '../command.ts';
@@ -18,13 +19,21 @@ const HEALTH_TIMEOUT_MS = 5_000;
 /** Grant expiry is decided on the broker, so skew breaks nothing; it only misleads people reading times. */
 const SKEW_WARN_MS = 30_000;
 const SKEW_FAIL_MS = 5 * 60_000;
+const REAP_TIMEOUT_MS = 5_000;
 
 export const doctor: CommandDefinition = {
   path: 'doctor',
   summary: 'check the broker, clock, keychain, local config and leftover grants, with a fix for each problem',
-  async handler(_input, ctx) {
-    const broker = await brokerChecks(ctx);
-    const checks = [...broker, await keychainCheck(ctx), configCheck(ctx), leftoverGrantsCheck(ctx)];
+  // Leftovers are shown as they are, and reaped when the user says so (grantsCheck).
+  reapFirst: false,
+  define: (command) => command.option('--reap', 'revoke leftover grants now, without asking (on a terminal doctor offers to)'),
+  async handler({ options }, ctx) {
+    const checks = await ctx.out.during('checking the broker, the keychain and the local config', async () => [
+      ...(await brokerChecks(ctx)),
+      await keychainCheck(ctx),
+      configCheck(ctx),
+    ]);
+    checks.push(await grantsCheck(ctx, Boolean(options.reap)));
     const ok = checks.every((check) => check.status !== 'fail');
     return { data: { checks, ok }, human: render(checks, ctx), exitCode: ok ? 0 : CHECK_FAILED };
   },
@@ -157,22 +166,48 @@ function configCheck(ctx: Context): Check {
   return { name: 'config', status: 'pass', detail: fileMode === undefined ? `${file} (not written yet)` : `${file} (mode 0600)` };
 }
 
-/** What the reaper at the start of this command could not finish (usually: their broker is down). */
-function leftoverGrantsCheck(ctx: Context): Check {
-  const leftovers = ctx.config
-    .grants()
-    .map((grant) => ({
-      id: grant.id,
-      why: grant.state === 'revoke-pending' ? 'revoke-pending' : wrapperGone(grant) ? 'its jit run is gone' : '',
-    }))
-    .filter((grant) => grant.why !== '');
+/**
+ * Leftover grants: what the reaper at the start of this command could not finish (usually: their
+ * broker is down). With --reap, or when the person at the terminal agrees, doctor tries once more
+ * to revoke them, with a longer timeout than the start-up reaper's.
+ */
+async function grantsCheck(ctx: Context, reap: boolean): Promise<Check> {
+  let leftovers = leftoverGrants(ctx);
   if (leftovers.length === 0) return { name: 'grants', status: 'pass', detail: 'no leftover grants on this machine' };
+  const reaped: string[] = [];
+  if (reap || (await offerToReap(ctx, leftovers.length))) {
+    const secrets = await ctx.secrets();
+    for (const { grant } of leftovers) {
+      const client = await ctx.clientForGrant(grant, { timeoutMs: REAP_TIMEOUT_MS, retries: 1 });
+      const outcome = await ctx.out.during(`revoking ${grant.id}`, () => releaseOrDefer(grant.id, { client, config: ctx.config, secrets }));
+      if ('receipt' in outcome) reaped.push(`${grant.id} (${outcome.receipt.state})`);
+    }
+    leftovers = leftoverGrants(ctx);
+  }
+  const done = reaped.length > 0 ? `reaped ${reaped.join(', ')}` : '';
+  if (leftovers.length === 0) return { name: 'grants', status: 'pass', detail: done || 'no leftover grants on this machine' };
+  const left = `${leftovers.length} left over: ${leftovers.map(({ grant, why }) => `${grant.id} (${why})`).join(', ')}`;
   return {
     name: 'grants',
     status: 'warn',
-    detail: `${leftovers.length} left over: ${leftovers.map((grant) => `${grant.id} (${grant.why})`).join(', ')}`,
-    fix: 'run any jit command once their broker is reachable (leftovers are reaped at start), or `jit revoke ID`',
+    detail: done ? `${done}; ${left}` : left,
+    fix: 'run `jit doctor --reap` (or any other jit command) once their broker is reachable, or `jit revoke ID`; without heartbeats they lapse on the broker anyway',
   };
+}
+
+function leftoverGrants(ctx: Context): { grant: LocalGrant; why: string }[] {
+  return ctx.config
+    .grants()
+    .map((grant) => ({ grant, why: grant.state === 'revoke-pending' ? 'revoke-pending' : wrapperGone(grant) ? 'its jit run is gone' : '' }))
+    .filter(({ why }) => why !== '');
+}
+
+/** On a terminal (and CI unset), asks whether to revoke the leftovers now; elsewhere doctor only reports them. */
+async function offerToReap(ctx: Context, count: number): Promise<boolean> {
+  if (!ctx.interactive) return false;
+  const { confirm } = await import('@inquirer/prompts');
+  const message = `Revoke the ${count} leftover grant${count === 1 ? '' : 's'} now?`;
+  return confirm({ message, default: true }, { output: process.stderr });
 }
 
 function notChecked(name: string, why: string): Check {

@@ -50,7 +50,7 @@ function localGrants(ctx: Context): Listing {
 
 async function remoteGrants(ctx: Context): Promise<Listing> {
   const { client, brokerUrl } = await ctx.session();
-  const { grants } = await client.listGrants();
+  const { grants } = await ctx.out.during(`asking ${brokerUrl}`, () => client.listGrants());
   const now = Date.now();
   const rows = grants.map((grant) => ({
     id: grant.id,

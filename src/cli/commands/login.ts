@@ -28,7 +28,7 @@ export const login: CommandDefinition = {
         hint: 'set JIT_BROKER_URL and JIT_TOKEN instead (for CI), or see docs/keychain.md',
       });
     }
-    const { subject } = await new BrokerClient({ brokerUrl, token }).whoami();
+    const { subject } = await ctx.out.during(`checking the token with ${brokerUrl}`, () => new BrokerClient({ brokerUrl, token }).whoami());
     await secrets.set(accounts.token(ctx.options.profile), token);
     ctx.config.setProfile(ctx.options.profile, { ...ctx.config.profile(ctx.options.profile), brokerUrl });
     const data = { profile: ctx.options.profile, brokerUrl, subject, keychain: secrets.backend };

@@ -16,7 +16,8 @@ export const renew: CommandDefinition = {
       throw new UsageError(`"${id}" is not a grant id`, { hint: 'grant ids look like g_0123456789abcdef0123; see `jit grants`' });
     const local = ctx.config.grant(id);
     const client = local ? await ctx.clientForGrant(local) : (await ctx.session()).client;
-    const grant = await client.renewGrant(id, options.ttl === undefined ? undefined : parseDuration(String(options.ttl), '--ttl'));
+    const ttl = options.ttl === undefined ? undefined : parseDuration(String(options.ttl), '--ttl');
+    const grant = await ctx.out.during(`renewing ${id}`, () => client.renewGrant(id, ttl));
     if (local) ctx.config.putGrant({ ...local, expiresAt: grant.expiresAt });
     return { data: grant, human: `${id} now expires ${grant.expiresAt}` };
   },

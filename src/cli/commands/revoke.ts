@@ -26,7 +26,7 @@ export const revoke: CommandDefinition = {
     for (const target of targets) {
       const local = ctx.config.grant(target);
       const client = local ? await ctx.clientForGrant(local) : (await ctx.session()).client;
-      receipts.push(await releaseGrant(target, { client, config: ctx.config, secrets }));
+      receipts.push(await ctx.out.during(`revoking ${target}`, () => releaseGrant(target, { client, config: ctx.config, secrets })));
     }
     const human = receipts.length === 0 ? 'No grants to revoke.' : receipts.map(describeReceipt).join('\n');
     return { data: id ? receipts[0] : { revoked: receipts }, human };

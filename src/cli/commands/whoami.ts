@@ -6,7 +6,7 @@ export const whoami: CommandDefinition = {
   summary: 'show which broker and profile are in use, and the subject, roles and token id the broker sees',
   async handler(_input, ctx) {
     const { client, brokerUrl, profile, auth } = await ctx.session();
-    const { subject, roles, tokenId, expiresAt } = await client.whoami();
+    const { subject, roles, tokenId, expiresAt } = await ctx.out.during(`asking ${brokerUrl}`, () => client.whoami());
     const data = { brokerUrl, profile, auth, subject, roles, tokenId, ...(expiresAt ? { expiresAt } : {}) };
     const via = { env: ' (token from JIT_TOKEN)', oidc: " (the CI job's OIDC identity)", profile: '' }[auth];
     const human = renderTable([
