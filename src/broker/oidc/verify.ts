@@ -246,6 +246,9 @@ function networkReason(error: unknown): string {
 function rejectionFor(error: unknown, issuer: OidcIssuer): OidcRejection {
   const reject = (reason: RejectionReason, message: string) => new OidcRejection(reason, message, issuer);
   if (error instanceof KeysUnavailable) return new OidcRejection('keys_unavailable', error.message, issuer, error.outageStarted);
+  // Inline keys (broker.yaml's jwks) that jose cannot use: the config's fault, not the token's.
+  if (error instanceof errors.JWKSInvalid)
+    return reject('keys_unavailable', `issuer ${issuer.name}'s keys are not usable (${error.message})`);
   if (error instanceof errors.JWTExpired) {
     return error.claim === 'iat'
       ? reject('too_old', `the token was issued more than ${issuer.maxTokenAgeSeconds}s ago (oidc.issuers[].maxTokenAge)`)
