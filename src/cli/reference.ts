@@ -3,7 +3,8 @@ import type { CommandDefinition } from './command.ts';
 
 /**
  * docs/cli.md's generated parts, from the same command definitions jit parses with (one source of
- * truth): the command list, the global flags, and each command's usage, arguments and flags.
+ * truth): the command list, the global flags, and each command's usage, arguments and flags; and,
+ * from the schemas of src/cli/shapes.ts, the JSON each command prints with --json.
  * Each part sits between `<!-- generated:NAME -->` and `<!-- /generated -->`; everything outside
  * the markers is hand-written and kept as it is. Regenerate: `npm run docs:cli`.
  */
@@ -100,4 +101,100 @@ function table(header: string[], rows: string[][]): string {
     `| ${header.map(() => '---').join(' | ')} |`,
     ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`),
   ].join('\n');
+}
+
+/** A JSON Schema (draft 2020-12) as z.toJSONSchema writes it: what the JSON parts are rendered from. */
+export type JsonSchema = { [key: string]: unknown };
+
+/** One way a command prints JSON, and the shape of what it prints (`lines`: one document per line). */
+export type JsonPart = { invocation: string; also?: string; schema: JsonSchema; lines?: boolean };
+
+const REF = /^#\/\$defs\/(.+)$/;
+/** Objects no longer than this, with no comment inside, are written on one line. */
+const ONE_LINE = 90;
+
+/**
+ * A command's JSON output, each way of calling it with the shape it prints, written as TypeScript
+ * types are (`datetime` and `integer` are explained under "JSON shapes", as are the named shapes
+ * it refers to).
+ */
+export function jsonReference(parts: readonly JsonPart[]): string {
+  const named = new Set<string>();
+  const blocks = parts.map((part) => {
+    const what = part.lines ? 'one JSON document per line (NDJSON), each' : 'one JSON document';
+    const body = typeRender(part.schema, '', named);
+    const comment = typeof part.schema.description === 'string' ? `// ${part.schema.description}\n` : '';
+    const also = part.also ? ` (and \`${part.also}\`)` : '';
+    return `\`${part.invocation}\`${also} prints ${what}:\n\n\`\`\`ts\n${comment}${body}\n\`\`\``;
+  });
+  const refs = [...named].map((name) => `[\`${name}\`](#${name.toLowerCase()})`);
+  if (refs.length > 0) blocks.push(`${refs.join(', ')}: see [JSON shapes](#json-shapes).`);
+  return blocks.join('\n\n');
+}
+
+/** The named shapes (those several commands print), each as `type NAME = ...` under a heading of its own. */
+export function namedShapes(shapes: readonly JsonSchema[]): string {
+  return shapes
+    .flatMap((schema) => {
+      const name = REF.exec(String(schema.$ref))?.[1];
+      const definition = name ? (schema.$defs as Record<string, JsonSchema> | undefined)?.[name] : undefined;
+      if (!name || !definition) throw new Error('a named shape needs meta({ id })');
+      const comment = typeof definition.description === 'string' ? `// ${definition.description}\n` : '';
+      return [`### ${name}`, `\`\`\`ts\n${comment}type ${name} = ${typeRender(definition, '', new Set())};\n\`\`\``];
+    })
+    .join('\n\n');
+}
+
+function typeRender(schema: JsonSchema, indent: string, named: Set<string>): string {
+  const ref = typeof schema.$ref === 'string' ? REF.exec(schema.$ref)?.[1] : undefined;
+  if (ref) {
+    named.add(ref);
+    return ref;
+  }
+  const union = (schema.anyOf ?? schema.oneOf) as JsonSchema[] | undefined;
+  if (union) return [...new Set(union.map((member) => typeRender(member, indent, named)))].join(' | ');
+  if ('const' in schema) return JSON.stringify(schema.const);
+  if (Array.isArray(schema.enum)) return schema.enum.map((value) => JSON.stringify(value)).join(' | ');
+  const types = Array.isArray(schema.type) ? (schema.type as string[]) : schema.type === undefined ? [] : [String(schema.type)];
+  if (types.length === 0) return 'unknown';
+  return types.map((type) => typeOf(type, schema, indent, named)).join(' | ');
+}
+
+function typeOf(type: string, schema: JsonSchema, indent: string, named: Set<string>): string {
+  switch (type) {
+    case 'string':
+      return schema.format === 'date-time' ? 'datetime' : 'string';
+    case 'array': {
+      const item = typeRender((schema.items ?? {}) as JsonSchema, indent, named);
+      return /[ |]/.test(item) && !item.startsWith('{') ? `(${item})[]` : `${item}[]`;
+    }
+    case 'object':
+      return objectType(schema, indent, named);
+    default:
+      return type;
+  }
+}
+
+function objectType(schema: JsonSchema, indent: string, named: Set<string>): string {
+  const inner = `${indent}  `;
+  const properties = Object.entries((schema.properties ?? {}) as Record<string, JsonSchema>);
+  const required = new Set((schema.required ?? []) as string[]);
+  const fields = properties.map(([name, property]) => ({
+    text: `${name}${required.has(name) ? '' : '?'}: ${typeRender(property, inner, named)};`,
+    comment: typeof property.description === 'string' ? property.description : undefined,
+  }));
+  const rest = schema.additionalProperties;
+  if (rest !== false && rest !== undefined) {
+    const value = typeRender(rest as JsonSchema, inner, named);
+    fields.push({ text: `[name: string]: ${value};`, comment: undefined });
+  }
+  if (fields.length === 0) return '{}';
+  const oneLine = `{ ${fields.map((field) => field.text.replace(/;$/, '')).join('; ')} }`;
+  if (fields.every((field) => !field.comment && !field.text.includes('\n')) && indent.length + oneLine.length <= ONE_LINE) return oneLine;
+  // A comment goes after a one-line field, and above a field that spans lines.
+  const lines = fields.map((field) => {
+    if (!field.comment) return `${inner}${field.text}`;
+    return field.text.includes('\n') ? `${inner}// ${field.comment}\n${inner}${field.text}` : `${inner}${field.text} // ${field.comment}`;
+  });
+  return `{\n${lines.join('\n')}\n${indent}}`;
 }
