@@ -8,6 +8,7 @@ import { openSecretStore, type SecretStore } from '../../src/secrets/store.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
 import { startTestIssuer, type TestIssuer } from '../helpers/oidc-issuer.ts';
+import { waitFor } from '../helpers/state.ts';
 import { job, startJit } from './support.ts';
 
 /**
@@ -43,6 +44,11 @@ describe('jit in a CI job with an OIDC identity and no stored jit token', () => 
       claims: { repository: "acme/train-pipeline", ref: "refs/heads/main" }
       scopes: ["datasets/train/**"]
       maxTtl: 2h
+    - name: train-pipeline-eval
+      claims: { repository: "acme/train-pipeline", ref: "refs/heads/main" }
+      scopes: ["datasets/eval/**"]
+      maxTtl: 1h
+      approval: { required: true, approvers: ["user:admin"], count: 1 }
 `,
       extraYaml: `oidc:
   issuers:
@@ -158,6 +164,25 @@ describe('jit in a CI job with an OIDC identity and no stored jit token', () => 
     );
     assert.equal(run.stderr.split('\n').filter(Boolean).length, 1);
     assert.ok(!run.stderr.includes(token.split('.')[2] ?? 'x'));
+  });
+
+  it('jit env waits for an approval by itself (its credential cannot outlive it), then prints the variables', async (t) => {
+    const waiting = startJit(t, ['env', '--scope', 'datasets/eval', '--ttl', '10m', '--format', 'json', '--wait-timeout', '60s'], {
+      env: ciEnv,
+    });
+    const pending = await waitFor('the pending request on the broker', async () =>
+      (await grantsOnBroker()).find((grant) => grant.state === 'pending' && grant.scopes.includes('datasets/eval')),
+    );
+    assert.equal(waiting.child.exitCode, null, 'still waiting, not exit 9');
+    const approved = await api(broker, broker.token, 'POST', `grants/${pending.id}/approve`, {});
+    assert.equal(approved.status, 200);
+    const printed = await waiting.done;
+    assert.equal(printed.code, 0, printed.stderr);
+    const vars = JSON.parse(printed.stdout) as Record<string, string>;
+    assert.equal(vars.JIT_GRANT_ID, pending.id);
+    assert.equal((await grantsOnBroker()).find((grant) => grant.id === pending.id)?.state, 'active');
+    const revoked = await jit(['revoke', pending.id], { env: ciEnv });
+    assert.equal(revoked.code, 0, revoked.stderr);
   });
 
   it('jit request and jit run --no-wait refuse at once, exit 2, before any grant: its credential would be lost at exit', async () => {

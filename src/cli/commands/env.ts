@@ -5,6 +5,7 @@ import { type JitError, PendingError, UsageError } from '../../core/errors.ts';
 import type { GrantView } from '../../core/grant.ts';
 import { waitForApproval } from '../../runner/wait.ts';
 import type { CommandDefinition } from '../command.ts';
+import { authFor } from '../context.ts';
 import { requestedTtlSeconds, requestUnheld, waitTimeoutMs } from '../unheld.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -27,7 +28,10 @@ export const env: CommandDefinition = {
       )
       .option('--reason <text>', 'why, shown to approvers and recorded in the audit trail')
       .option('--format <format>', `shell, dotenv, json or github (default: shell; --json means --format json)`)
-      .option('--wait', 'if it needs approval, wait for the decision (else exit 9 with the grant still pending)')
+      .option(
+        '--wait',
+        "if it needs approval, wait for the decision (else exit 9 with the grant still pending; always on with a CI job's OIDC identity)",
+      )
       .option('--wait-timeout <duration>', 'with --wait: give up waiting after this long (exit 9, the request stays pending)')
       .addHelpText(
         'after',
@@ -57,8 +61,11 @@ export const env: CommandDefinition = {
     const { credential, env: grantEnv, ...view } = issued;
 
     let grant: GrantView = view;
+    // A CI job on its OIDC identity keeps no credential after it exits (docs/ci.md), so a request
+    // left pending could never be used: it waits for the decision as if --wait were given.
+    const wait = Boolean(options.wait) || authFor(ctx.env) === 'oidc';
     if (grant.state === 'pending') {
-      if (!options.wait) {
+      if (!wait) {
         // Left pending and indexed: the job's cleanup step (`jit revoke --all --yes`) cancels it.
         throw new PendingError(`grant ${grant.id} needs approval by ${describeApproval(grant)}; no variables printed`, {
           code: 'approval_pending',

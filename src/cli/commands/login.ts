@@ -83,7 +83,7 @@ async function loginOidc(ctx: Context, brokerUrl: string): Promise<CommandResult
   };
   return {
     data,
-    human: `CI identity from ${describeSource(source)} accepted by ${brokerUrl} as ${session.subject} (issuer ${session.issuer}; session ${session.sessionId} until ${session.expiresAt}). Nothing was stored: jit run, jit env and jit request exchange by themselves in this job.`,
+    human: `CI identity from ${describeSource(source)} accepted by ${brokerUrl} as ${session.subject} (issuer ${session.issuer}; session ${session.sessionId} until ${session.expiresAt}). Nothing was stored: jit run and jit env exchange by themselves in this job.`,
   };
 }
 
