@@ -53,9 +53,12 @@ export async function explainRequest(dir: string, request: ExplainRequest): Prom
     });
   }
   let subject = request.subject;
+  // A token this issuer signs always carries its `iss` (the broker checks it), so rules on
+  // claims.iss see the same value here as they would in a real exchange.
+  const claims = issuer ? { ...request.claims, iss: issuer.issuer } : request.claims;
   if (issuer) {
     try {
-      subject ??= identityFor(issuer, request.claims ?? {});
+      subject ??= identityFor(issuer, claims ?? {});
     } catch (error) {
       if (error instanceof OidcRejection) throw new UsageError(`issuer ${issuer.name} would refuse this token: ${error.message}`);
       throw error;
@@ -71,7 +74,7 @@ export async function explainRequest(dir: string, request: ExplainRequest): Prom
   );
   const principal: Principal = {
     subject,
-    ...(request.claims ? { claims: request.claims } : {}),
+    ...(claims ? { claims } : {}),
     ...(issuer ? { sessionSecondsLeft: issuer.sessionTtlSeconds } : {}),
   };
   return decide(config, principal, scopes, request.ttlSeconds);

@@ -235,6 +235,16 @@ describe('oidc.issuers in broker.yaml', () => {
         /issuer github would refuse this token: claims repository_owner do not match/,
       );
       await assert.rejects(explainRequest(dir, { issuer: 'gitlab', scopes: ['datasets/train'] }), /no OIDC issuer "gitlab"/);
+
+      // The claims given need no iss: the issuer's own is what a real token carries, so with two
+      // issuers the rule for one is matched by it and not by the other.
+      const { iss: _, ...withoutIss } = MAIN;
+      const two = `${HEADER}${await documentedRule()}oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n      subject: "ci:github:{repository}@{ref}"\n    - name: other\n      issuer: https://ci.example.com\n      audience: x\n      subject: "ci:other:{repository}@{ref}"\n`;
+      await writeFile(path.join(dir, 'broker.yaml'), two);
+      const fromGithub = await explainRequest(dir, { issuer: 'github', claims: withoutIss, scopes: ['datasets/train'] });
+      assert.equal(fromGithub.allowed, true);
+      const fromOther = await explainRequest(dir, { issuer: 'other', claims: { ...MAIN, iss: GITHUB }, scopes: ['datasets/train'] });
+      assert.equal(fromOther.allowed, false, "another issuer's token cannot claim GitHub's iss");
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
