@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, type JsonWebKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -193,6 +193,29 @@ const oidcUrl = z.url().refine((text) => {
 
 const SUBJECT_TEMPLATE = /^ci:([\x21-\x7a|~]|\{[A-Za-z_][A-Za-z0-9_.-]*\})+$/;
 
+/**
+ * An inline key must be a public key Node can import (the same check jose relies on), so a
+ * malformed or private key is a config error at start-up, not a failed exchange later.
+ */
+function checkPublicJwk(key: Record<string, unknown>, context: z.RefinementCtx): void {
+  if (typeof key.kty !== 'string') {
+    context.addIssue({ code: 'custom', message: 'a JWK needs kty' });
+    return;
+  }
+  if ('d' in key) {
+    context.addIssue({
+      code: 'custom',
+      message: 'this JWK is a private key: give only its public part (drop "d" and the other private members)',
+    });
+    return;
+  }
+  try {
+    createPublicKey({ key: key as JsonWebKey, format: 'jwk' });
+  } catch (error) {
+    context.addIssue({ code: 'custom', message: `not a usable public key: ${(error as Error).message}` });
+  }
+}
+
 const oidcIssuerSchema = z.strictObject({
   name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an issuer name is lowercase letters, digits or "-", e.g. github'),
   issuer: oidcUrl,
@@ -200,7 +223,7 @@ const oidcIssuerSchema = z.strictObject({
   jwksUri: oidcUrl.optional(),
   jwks: z
     .strictObject({
-      keys: z.array(z.record(z.string(), z.unknown()).refine((key) => typeof key.kty === 'string', 'a JWK needs kty')).min(1),
+      keys: z.array(z.record(z.string(), z.unknown()).superRefine(checkPublicJwk)).min(1),
     })
     .optional(),
   algorithms: z

@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { exportJWK, generateKeyPair } from 'jose';
 import { explainRequest } from '../../src/broker/check-config.ts';
 import { parseBrokerConfig } from '../../src/broker/config.ts';
 import { OidcRejection, subjectFor } from '../../src/broker/oidc/verify.ts';
@@ -97,7 +98,8 @@ describe('oidc.issuers in broker.yaml', () => {
     });
   });
 
-  it('refuses none and HMAC algorithms, plain http off loopback, a subject that is not ci:, both jwks and jwksUri, and a session over a day', () => {
+  it('refuses none and HMAC algorithms, plain http off loopback, a subject that is not ci:, both jwks and jwksUri, and a session over a day', async () => {
+    const publicJwk = JSON.stringify(await exportJWK((await generateKeyPair('RS256', { extractable: true })).publicKey));
     refuses(
       issuer('      algorithms: [HS256]\n'),
       /oidc\.issuers\.0\.algorithms\.0: allowed algorithms are RS256, .* \(never none or HS\*\)/,
@@ -106,7 +108,7 @@ describe('oidc.issuers in broker.yaml', () => {
     refuses(issuer('      jwksUri: http://keys.example.com/jwks\n'), /https:\/\/ \(http:\/\/ only on a loopback host\)/);
     refuses(issuer('      subject: "user:{sub}"\n'), /a subject template is ci:TEXT with \{claim\} placeholders/);
     refuses(
-      issuer('      jwksUri: https://x.example/jwks\n      jwks: { keys: [{ kty: RSA }] }\n'),
+      issuer(`      jwksUri: https://x.example/jwks\n      jwks: { keys: [${publicJwk}] }\n`),
       /give jwks \(inline keys\) or jwksUri, not both/,
     );
     refuses(issuer('      sessionTtl: 2d\n'), /a session lasts at most 1d/);
@@ -147,6 +149,16 @@ describe('oidc.issuers in broker.yaml', () => {
         JSON.stringify(ref),
       );
     }
+  });
+
+  it('refuses inline keys that are private or not keys at all, at their file:line:key, before the broker starts', async () => {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    const jwks = (key: object) => issuer(`      jwks: { keys: [${JSON.stringify(key)}] }\n`);
+    refuses(jwks(await exportJWK(privateKey)), /oidc\.issuers\.0\.jwks\.keys\.0: this JWK is a private key: give only its public part/);
+    refuses(jwks({ kty: 'EC', crv: 'P-256', x: 'AAAA' }), /oidc\.issuers\.0\.jwks\.keys\.0: not a usable public key/);
+    refuses(jwks({ kid: 'x' }), /oidc\.issuers\.0\.jwks\.keys\.0: a JWK needs kty/);
+    const [parsed] = parseBrokerConfig(jwks(await exportJWK(publicKey)), FILE).oidcIssuers;
+    assert.equal(parsed?.jwks?.keys.length, 1, 'a public key is taken');
   });
 
   it('by default makes ci:NAME:{sub}, where sub may hold `:` (GitHub, GitLab) but still not `@`, globs or spaces', () => {
