@@ -98,7 +98,16 @@ try {
   // What the first command after an install or an upgrade pays: no compile cache to read
   // (bin/jit.js keeps one per user; every other jit row reads it, filled by the warm-up).
   const coldRun: Subject = { ...run, name: `${run.name}, no compile cache`, env: { NODE_DISABLE_COMPILE_CACHE: '1' } };
-  const subjects = [bareNode, version, grants, dotenv, run, coldRun];
+  // The two dependencies the design names for jit run's path (the broker client's got, the local
+  // index's conf), loaded by a bare node with a compile cache of its own and nothing of jit: the
+  // floor they set under jit run, whatever jit's own code does.
+  const dependencies: Subject = {
+    name: '`node` importing got and conf only (no jit code)',
+    command: NODE,
+    args: ['--input-type=module', '-e', "import 'got'; import 'conf';"],
+    env: { NODE_COMPILE_CACHE: path.join(workdir, 'compile-cache') },
+  };
+  const subjects = [bareNode, version, grants, dotenv, run, coldRun, dependencies];
   const samples = await measureRounds(subjects, env);
   const load = machineLine();
 
@@ -111,6 +120,7 @@ try {
     { what: '`jit run -- true`', measured: run, baseline: dotenv, within: 2 },
   ];
   const grantsRatio = stats(ratios(samples, grants, bareNode)).median;
+  const dependenciesRatio = stats(ratios(samples, dependencies, dotenv)).median;
   const report = `## CLI start-up against node and dotenv-cli (\`npm run bench:cli\`)
 
 ${load} Keychain: ${keychain === 'memory' ? 'memory (`--keychain memory`; no OS keychain in this session)' : `the OS keychain through ${keychain} (gnome-keyring under D-Bus)`}.
@@ -128,6 +138,10 @@ ${rows.join('\n')}
 Targets, judged on the median over rounds of the ratio to the baseline in the same round:
 ${targets.map((target) => verdict(target, samples)).join('\n')}
 - \`jit grants\` (no target): ${times(grantsRatio)} of \`node -e 0\`.
+- got and conf alone, in a bare node (no target): ${times(dependenciesRatio)} of dotenv-cli's whole run. With the
+  node start-up they share, that leaves jit run's own work (commander, jit's modules, two broker round trips,
+  the keychain, the spawn) little or no room under 2x: the target needs a lighter HTTP client and local store
+  than the design's got and conf, or a bundled build, which is the team's call.
 
 Reproduce: \`npm run bench:cli\` (inside a D-Bus session with gnome-keyring for the OS keychain, as \`.ci/run\` sets one up;
 \`JIT_BENCH_ROUNDS\` changes the count).
