@@ -1,8 +1,9 @@
 // The S3-compatible gateway with the real AWS SDK for JavaScript: what a job's S3 client sees.
 import assert from 'node:assert/strict';
-import { mkdir, readFile, symlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, symlink } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
 import {
   AbortMultipartUploadCommand,
@@ -24,6 +25,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import type { AuditRecord } from '../../src/core/audit.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
 
 const POLICY = `policy:
   rules:
@@ -36,8 +38,9 @@ const POLICY = `policy:
 `;
 
 /** An S3 client exactly as a job's would be: everything from the grant's environment. */
-function clientFor(grant: IssuedGrant, overrides: { secretAccessKey?: string; accessKeyId?: string } = {}): S3Client {
+function clientFor(grant: IssuedGrant, overrides: { secretAccessKey?: string; accessKeyId?: string; maxAttempts?: number } = {}): S3Client {
   return new S3Client({
+    maxAttempts: overrides.maxAttempts,
     endpoint: grant.env.AWS_ENDPOINT_URL,
     region: grant.env.AWS_REGION,
     forcePathStyle: true,
@@ -47,6 +50,33 @@ function clientFor(grant: IssuedGrant, overrides: { secretAccessKey?: string; ac
       sessionToken: grant.env.AWS_SESSION_TOKEN,
     },
   });
+}
+
+/**
+ * Makes the broker's store refuse to insert audit records of `types` (a trigger, as in
+ * audit.test.ts), as a store that is down or full would; the returned function lifts it.
+ */
+async function refuseAuditRecords(broker: TestBroker, types: string[]): Promise<() => Promise<void>> {
+  const list = types.map((type) => `'${type}'`).join(', ');
+  const run = async (sql: string) => {
+    if (broker.database) {
+      await queryDatabase(broker.database.url, sql);
+      return;
+    }
+    const db = new DatabaseSync(path.join(broker.dir, 'broker.db'));
+    try {
+      db.exec(sql);
+    } finally {
+      db.close();
+    }
+  };
+  await run(
+    broker.database
+      ? `CREATE FUNCTION no_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER no_audit BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.type IN (${list})) EXECUTE FUNCTION no_audit();`
+      : `CREATE TRIGGER no_audit BEFORE INSERT ON events WHEN NEW.type IN (${list}) BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;`,
+  );
+  return () => run(broker.database ? 'DROP TRIGGER no_audit ON events; DROP FUNCTION no_audit();' : 'DROP TRIGGER no_audit;');
 }
 
 /** The S3 error a call fails with: its code (name) and HTTP status. */
@@ -337,3 +367,90 @@ describe('S3 gateway with @aws-sdk/client-s3', () => {
     for (const event of events) assert.ok(!JSON.stringify(event).includes(issued.credential), 'no credential in the audit trail');
   });
 });
+
+for (const store of ['sqlite', 'postgres'] as const) {
+  const skip = store === 'postgres' ? await postgresSkipReason() : undefined;
+
+  describe(`S3 gateway writes and deletes need their audit record (${store})`, { skip }, () => {
+    let broker: TestBroker;
+    before(async () => {
+      broker = await startTestBroker({ store, policy: POLICY });
+    });
+    after(() => broker.cleanup());
+
+    it('makes no write or delete whose record cannot be written, and makes them, recorded, once it can', async () => {
+      const response = await api<IssuedGrant>(broker, broker.token, 'POST', 'grants', {
+        scopes: ['datasets/checkpoints', 'datasets/checkpoints:write', 'datasets/checkpoints:delete'],
+        heartbeat: false,
+      });
+      assert.equal(response.status, 201, JSON.stringify(response.body));
+      const issued = response.body;
+      // One request per call: the SDK would retry a 500 by itself.
+      const s3 = clientFor(issued, { maxAttempts: 1 });
+      const Bucket = 'datasets';
+      const get = async (Key: string) => {
+        const object = await s3.send(new GetObjectCommand({ Bucket, Key }));
+        return { body: await object.Body?.transformToString(), etag: object.ETag };
+      };
+      const missing = (Key: string) => s3Error(s3.send(new GetObjectCommand({ Bucket, Key })));
+      const first = await s3.send(new PutObjectCommand({ Bucket, Key: 'checkpoints/kept.json', Body: '{"v":1}' }));
+      const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket, Key: 'checkpoints/model.bin' }));
+      const part = await s3.send(new UploadPartCommand({ Bucket, Key: 'checkpoints/model.bin', UploadId, PartNumber: 1, Body: 'weights' }));
+      const complete = () =>
+        s3.send(
+          new CompleteMultipartUploadCommand({
+            Bucket,
+            Key: 'checkpoints/model.bin',
+            UploadId,
+            MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag }] },
+          }),
+        );
+
+      const allow = await refuseAuditRecords(broker, ['data.write', 'data.delete']);
+      const failures = [];
+      try {
+        failures.push(await s3Error(s3.send(new PutObjectCommand({ Bucket, Key: 'checkpoints/kept.json', Body: '{"v":2}' }))));
+        failures.push(await s3Error(s3.send(new PutObjectCommand({ Bucket, Key: 'checkpoints/new.json', Body: '{}' }))));
+        failures.push(await s3Error(complete()));
+        failures.push(await s3Error(s3.send(new DeleteObjectCommand({ Bucket, Key: 'checkpoints/kept.json' }))));
+      } finally {
+        await allow();
+      }
+      assert.deepEqual(failures, Array(4).fill({ code: 'InternalError', status: 500 }));
+      assert.deepEqual(await get('checkpoints/kept.json'), { body: '{"v":1}', etag: first.ETag }, 'neither replaced nor deleted');
+      assert.deepEqual(await missing('checkpoints/new.json'), { code: 'NoSuchKey', status: 404 });
+      assert.deepEqual(await missing('checkpoints/model.bin'), { code: 'NoSuchKey', status: 404 });
+      assert.deepEqual(await readdir(path.join(broker.dataDir, '.jit-staging', 'tmp')), [], 'no staged body left behind');
+
+      const second = await s3.send(new PutObjectCommand({ Bucket, Key: 'checkpoints/kept.json', Body: '{"v":2}' }));
+      assert.deepEqual(await get('checkpoints/kept.json'), { body: '{"v":2}', etag: second.ETag });
+      const completed = await complete();
+      assert.deepEqual(await get('checkpoints/model.bin'), { body: 'weights', etag: completed.ETag });
+      await s3.send(new DeleteObjectCommand({ Bucket, Key: 'checkpoints/kept.json' }));
+      assert.deepEqual(await missing('checkpoints/kept.json'), { code: 'NoSuchKey', status: 404 });
+
+      const trail = (await api<{ records: AuditRecord[] }>(broker, broker.token, 'GET', `audit?grant=${issued.id}&action=data.*`)).body
+        .records;
+      assert.deepEqual(
+        trail
+          .filter((record) => record.action !== 'data.read')
+          .map((record) => [
+            record.action,
+            record.outcome,
+            record.details.operation,
+            record.details.key,
+            record.details.bytes,
+            record.details.etag,
+          ]),
+        [
+          ['data.write', 'ok', 'PutObject', 'checkpoints/kept.json', 7, first.ETag],
+          ['data.write', 'ok', 'CreateMultipartUpload', 'checkpoints/model.bin', undefined, undefined],
+          ['data.write', 'ok', 'UploadPart', 'checkpoints/model.bin', 7, part.ETag],
+          ['data.write', 'ok', 'PutObject', 'checkpoints/kept.json', 7, second.ETag],
+          ['data.write', 'ok', 'CompleteMultipartUpload', 'checkpoints/model.bin', 7, completed.ETag],
+          ['data.delete', 'ok', 'DeleteObject', 'checkpoints/kept.json', undefined, undefined],
+        ],
+      );
+    });
+  });
+}

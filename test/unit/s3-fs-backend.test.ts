@@ -602,3 +602,66 @@ describe('FsBackend multipart upload', () => {
     assert.deepEqual(await stagingTemp(), []);
   });
 });
+
+describe('FsBackend beforeChange (the audit record is written before a change is visible)', () => {
+  const refuse = async () => {
+    throw new Error('audit unavailable');
+  };
+
+  it('puts nothing when it throws: the previous object, its ETag and the staging area stay as they were', async () => {
+    const backend = new FsBackend(root);
+    const old = await backend.put('ckpt/model.bin', body('old content'));
+    await assert.rejects(backend.put('ckpt/model.bin', body('new content'), refuse), /audit unavailable/);
+    await assert.rejects(backend.put('fresh/dir/new.bin', body('new'), refuse), /audit unavailable/);
+    assert.equal(await text(await backend.read('ckpt/model.bin')), 'old content');
+    assert.deepEqual(await backend.head('ckpt/model.bin'), old);
+    assert.equal(await backend.head('fresh/dir/new.bin'), undefined);
+    await assert.rejects(stat(path.join(root, 'fresh')), { code: 'ENOENT' }, 'no parent directories either');
+    assert.deepEqual(await stagingTemp(), []);
+
+    const seen: unknown[] = [];
+    const fresh = await backend.put('ckpt/model.bin', body('new content'), async (object) => {
+      seen.push({ ...object, visible: await text(await backend.read('ckpt/model.bin')) });
+    });
+    assert.deepEqual(seen, [{ ...fresh, visible: 'old content' }], 'told the size and ETag while the old object was still served');
+    assert.equal(fresh.etag, `"${md5('new content')}"`);
+  });
+
+  it('deletes nothing when it throws, and runs before a delete of a missing key too', async () => {
+    await place({ 'a/keep.txt': 'kept' });
+    const backend = new FsBackend(root);
+    await assert.rejects(backend.delete('a/keep.txt', refuse), /audit unavailable/);
+    assert.equal(await readFile(path.join(root, 'a/keep.txt'), 'utf8'), 'kept');
+    await assert.rejects(backend.delete('never/was/here.txt', refuse), /audit unavailable/);
+    let present: boolean | undefined;
+    await backend.delete('a/keep.txt', async () => {
+      present = (await backend.head('a/keep.txt')) !== undefined;
+    });
+    assert.equal(present, true, 'called while the object was still there');
+    assert.equal(await backend.head('a/keep.txt'), undefined);
+  });
+
+  it('starts, uploads to, completes and aborts no upload when it throws; the upload can be completed afterwards', async () => {
+    const backend = new FsBackend(root, { minPartSize: 1 });
+    const uploadId = await backend.createMultipartUpload('out/model.bin');
+    const one = await backend.uploadPart('out/model.bin', uploadId, 1, body('first-'));
+    await assert.rejects(backend.uploadPart('out/model.bin', uploadId, 2, body('second'), refuse), /audit unavailable/);
+    assert.deepEqual(
+      (await backend.listParts('out/model.bin', uploadId)).map((part) => part.partNumber),
+      [1],
+    );
+    await assert.rejects(backend.completeMultipartUpload('out/model.bin', uploadId, [one], refuse), /audit unavailable/);
+    assert.equal(await backend.head('out/model.bin'), undefined);
+    await assert.rejects(backend.abortMultipartUpload('out/model.bin', uploadId, refuse), /audit unavailable/);
+    await assert.rejects(backend.createMultipartUpload('out/other.bin', refuse), /audit unavailable/);
+    assert.deepEqual(await readdir(path.join(root, STAGING_DIR, 'uploads')), [uploadId], 'no other upload, this one kept');
+    assert.deepEqual(await stagingTemp(), []);
+
+    let told: unknown;
+    const info = await backend.completeMultipartUpload('out/model.bin', uploadId, [one], async (object) => {
+      told = object;
+    });
+    assert.deepEqual(told, info);
+    assert.equal(await text(await backend.read('out/model.bin')), 'first-');
+  });
+});

@@ -113,6 +113,13 @@ export type OpenObject = { info: ObjectInfo; stream(range?: ByteRange): Readable
 export type PartInfo = { partNumber: number; etag: string; size: number; lastModified: Date };
 
 /**
+ * Runs once a change is ready and just before it is made visible: the gateway writes the change's
+ * audit record here (issue 7: no silent gaps). If it throws, the change is not made, whatever was
+ * staged for it is removed, and the call fails with its error.
+ */
+export type BeforeChange<T = void> = (change: T) => Promise<void>;
+
+/**
  * One bucket's objects (a files resource's root). Keys are S3 keys ('train/shard-0.jsonl');
  * the backend refuses keys that could leave its root (S3Error InvalidArgument / AccessDenied)
  * and never follows a symbolic link out of it. Writes are atomic: an object appears whole or
@@ -126,13 +133,23 @@ export interface ObjectBackend {
   open(key: string): Promise<OpenObject | undefined>;
   /** The object's bytes, or the inclusive `range` of them; streamed, never buffered whole. */
   read(key: string, range?: ByteRange): Promise<Readable>;
-  put(key: string, body: Readable): Promise<ObjectInfo>;
-  /** Idempotent: deleting a missing key is not an error (S3 answers 204 either way). */
-  delete(key: string): Promise<void>;
-  createMultipartUpload(key: string): Promise<string>;
-  uploadPart(key: string, uploadId: string, partNumber: number, body: Readable): Promise<PartInfo>;
+  /** `beforeChange` gets the received object (size, ETag) before it replaces the key's. */
+  put(key: string, body: Readable, beforeChange?: BeforeChange<ObjectInfo>): Promise<ObjectInfo>;
+  /**
+   * Idempotent: deleting a missing key is not an error (S3 answers 204 either way); `beforeChange`
+   * runs either way, before anything is removed.
+   */
+  delete(key: string, beforeChange?: BeforeChange): Promise<void>;
+  /** `beforeChange` gets the new upload's id before the upload exists. */
+  createMultipartUpload(key: string, beforeChange?: BeforeChange<string>): Promise<string>;
+  uploadPart(key: string, uploadId: string, partNumber: number, body: Readable, beforeChange?: BeforeChange<PartInfo>): Promise<PartInfo>;
   listParts(key: string, uploadId: string): Promise<PartInfo[]>;
   /** Joins the named parts (in order, ETags must match) into the object, atomically. */
-  completeMultipartUpload(key: string, uploadId: string, parts: { partNumber: number; etag: string }[]): Promise<ObjectInfo>;
-  abortMultipartUpload(key: string, uploadId: string): Promise<void>;
+  completeMultipartUpload(
+    key: string,
+    uploadId: string,
+    parts: { partNumber: number; etag: string }[],
+    beforeChange?: BeforeChange<ObjectInfo>,
+  ): Promise<ObjectInfo>;
+  abortMultipartUpload(key: string, uploadId: string, beforeChange?: BeforeChange): Promise<void>;
 }

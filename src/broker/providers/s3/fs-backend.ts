@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  type BeforeChange,
   type ByteRange,
   type ListRequest,
   type ListResult,
@@ -53,6 +54,8 @@ const STALE_TEMP_MS = 24 * 60 * 60 * 1000;
 const UPLOAD_ID = /^[0-9a-f]{32}$/;
 const PART_FILE = /^[1-9][0-9]{0,4}$/;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
+/** The default BeforeChange: nothing to do before a change. */
+const proceed = async (): Promise<void> => {};
 
 export type FsBackendOptions = {
   /** Smallest size of every part but the last (S3: 5 MiB); smaller in tests. */
@@ -191,56 +194,80 @@ export class FsBackend implements ObjectBackend {
 
   /**
    * Receives the body into the staging area and renames it into place: readers see the old object
-   * until the new one is whole. A body that errors (a failed signature check) leaves nothing. The
-   * key is checked before the body is read; the caller owns the body if this throws early.
+   * until the new one is whole. A body that errors (a failed signature check), or a `beforeChange`
+   * that throws, leaves nothing. The key is checked before the body is read; the caller owns the
+   * body if this throws early.
    */
-  async put(key: string, body: Readable): Promise<ObjectInfo> {
+  async put(key: string, body: Readable, beforeChange: BeforeChange<ObjectInfo> = proceed): Promise<ObjectInfo> {
     const segments = writableSegments(key);
     const root = await this.root();
     await this.checkTarget(root, key, segments);
     const received = await this.receive(body);
     try {
-      return await this.publish(root, key, segments, received.temp, received.stats, quote(received.md5.toString('hex')));
+      const etag = quote(received.md5.toString('hex'));
+      await beforeChange({ key, size: Number(received.stats.size), etag, lastModified: mtimeOf(received.stats) });
+      return await this.publish(root, key, segments, received.temp, received.stats, etag);
     } finally {
       await rm(received.temp, { force: true });
     }
   }
 
-  async delete(key: string): Promise<void> {
+  async delete(key: string, beforeChange: BeforeChange = proceed): Promise<void> {
     const segments = keySegments(key);
-    if (isStaging(segments)) return;
     const root = await this.root();
-    const parent = await this.parentOf(root, segments, false);
-    if (parent.kind !== 'directory') return;
-    const target = path.join(parent.dir, lastOf(segments));
-    const stats = await lstat(target).catch(ignoreMissing);
-    if (!stats || stats.isDirectory()) return;
-    await unlink(target).catch(ignoreMissing);
-    const sidecar = sidecarLocation(root, relativeInside(root, target) ?? '');
-    await rm(sidecar.file, { force: true });
+    const found = isStaging(segments) ? undefined : await this.deletable(root, segments);
+    await beforeChange();
+    if (!found) return;
+    // Gone already (a concurrent delete): S3 answers 204 either way.
+    await unlink(found.target).catch(ignoreMissing);
+    // The object is gone from here on: tidying up is best effort, so the call never fails after it.
+    const sidecar = sidecarLocation(root, relativeInside(root, found.target) ?? '');
+    await rm(sidecar.file, { force: true }).catch(() => undefined);
     await rmdir(sidecar.dir).catch(() => undefined);
-    await removeEmptyParents(root, parent.dir);
+    await removeEmptyParents(root, found.dir);
   }
 
-  async createMultipartUpload(key: string): Promise<string> {
+  /** The file a delete of `segments` would remove, and its directory; undefined when there is none. */
+  private async deletable(root: string, segments: string[]): Promise<{ target: string; dir: string } | undefined> {
+    const parent = await this.parentOf(root, segments, false);
+    if (parent.kind !== 'directory') return undefined;
+    const target = path.join(parent.dir, lastOf(segments));
+    const stats = await lstat(target).catch(ignoreMissing);
+    return stats && !stats.isDirectory() ? { target, dir: parent.dir } : undefined;
+  }
+
+  async createMultipartUpload(key: string, beforeChange: BeforeChange<string> = proceed): Promise<string> {
     const segments = writableSegments(key);
     const root = await this.root();
     await this.checkTarget(root, key, segments);
     const uploadId = randomBytes(16).toString('hex');
     // Built under tmp/ and renamed, so an upload directory always has its key file.
     const building = path.join(await this.staging(root, 'tmp'), uploadId);
-    await mkdir(building);
-    await writeFile(path.join(building, 'key'), key);
-    await rename(building, path.join(await this.staging(root, 'uploads'), uploadId));
+    try {
+      await mkdir(building);
+      await writeFile(path.join(building, 'key'), key);
+      await beforeChange(uploadId);
+      await rename(building, path.join(await this.staging(root, 'uploads'), uploadId));
+    } finally {
+      await rm(building, { recursive: true, force: true });
+    }
     return uploadId;
   }
 
-  async uploadPart(key: string, uploadId: string, partNumber: number, body: Readable): Promise<PartInfo> {
+  async uploadPart(
+    key: string,
+    uploadId: string,
+    partNumber: number,
+    body: Readable,
+    beforeChange: BeforeChange<PartInfo> = proceed,
+  ): Promise<PartInfo> {
     checkPartNumber(partNumber);
     const dir = await this.uploadDir(key, uploadId);
     const received = await this.receive(body);
     try {
       const etag = quote(received.md5.toString('hex'));
+      const part = { partNumber, etag, size: Number(received.stats.size), lastModified: mtimeOf(received.stats) };
+      await beforeChange(part);
       const partFile = path.join(dir, String(partNumber));
       try {
         await writeSidecar(path.join(dir, `${partNumber}.etag`), sidecarFor(String(partNumber), received.stats, etag), received.temp);
@@ -248,7 +275,7 @@ export class FsBackend implements ObjectBackend {
       } catch (error) {
         throw isMissing(error) ? noSuchUpload(uploadId) : error;
       }
-      return { partNumber, etag, size: Number(received.stats.size), lastModified: mtimeOf(received.stats) };
+      return part;
     } finally {
       await rm(received.temp, { force: true });
       await rm(`${received.temp}.etag`, { force: true });
@@ -264,7 +291,12 @@ export class FsBackend implements ObjectBackend {
     return parts.filter((part): part is PartInfo => part !== undefined).sort((a, b) => a.partNumber - b.partNumber);
   }
 
-  async completeMultipartUpload(key: string, uploadId: string, parts: { partNumber: number; etag: string }[]): Promise<ObjectInfo> {
+  async completeMultipartUpload(
+    key: string,
+    uploadId: string,
+    parts: { partNumber: number; etag: string }[],
+    beforeChange: BeforeChange<ObjectInfo> = proceed,
+  ): Promise<ObjectInfo> {
     const segments = writableSegments(key);
     const dir = await this.uploadDir(key, uploadId);
     if (parts.length === 0) {
@@ -309,16 +341,20 @@ export class FsBackend implements ObjectBackend {
         createWriteStream(temp, { flags: 'wx', flush: true }),
       );
       const stats = await stat(temp, { bigint: true });
+      await beforeChange({ key, size: Number(stats.size), etag, lastModified: mtimeOf(stats) });
       const object = await this.publish(root, key, segments, temp, stats, etag);
-      await rm(dir, { recursive: true, force: true });
+      // The object is in place: a leftover upload directory must not turn that into a failure.
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
       return object;
     } finally {
       await rm(temp, { force: true });
     }
   }
 
-  async abortMultipartUpload(key: string, uploadId: string): Promise<void> {
-    await rm(await this.uploadDir(key, uploadId), { recursive: true, force: true });
+  async abortMultipartUpload(key: string, uploadId: string, beforeChange: BeforeChange = proceed): Promise<void> {
+    const dir = await this.uploadDir(key, uploadId);
+    await beforeChange();
+    await rm(dir, { recursive: true, force: true });
   }
 
   /** The root's real path; a missing root is a missing bucket (asked again next time). */

@@ -158,6 +158,13 @@ export function registerS3Gateway(
     const { bucket, key } = operation;
     const record = (detail: Record<string, unknown>) =>
       grants.recordDataAccess(caller.grant, { ...describe(operation), ...detail }, `data.${operation.action}`, request.ip);
+    // A change to the bucket is recorded before it is made (issue 7): the backend calls `announce`
+    // once the change is ready and before it is visible, and makes it only if the record was written.
+    let announced = false;
+    const announce = async (detail: Record<string, unknown>) => {
+      await record(detail);
+      announced = true;
+    };
     try {
       switch (operation.name) {
         case 'HeadBucket':
@@ -189,13 +196,13 @@ export function registerS3Gateway(
         case 'HeadObject':
           return await getObject(request, reply, caller, operation, store, headers, record);
         case 'PutObject': {
-          const info = await store.put(key, body ?? emptyStream());
-          await record({ outcome: 'allowed', status: 200, bytes: info.size });
+          const info = await store.put(key, body ?? emptyStream(), (object) =>
+            announce({ outcome: 'allowed', status: 200, bytes: object.size, etag: object.etag }),
+          );
           return reply.status(200).header('etag', info.etag).send();
         }
         case 'CreateMultipartUpload': {
-          const uploadId = await store.createMultipartUpload(key);
-          await record({ outcome: 'allowed', status: 200, uploadId });
+          const uploadId = await store.createMultipartUpload(key, (id) => announce({ outcome: 'allowed', status: 200, uploadId: id }));
           return sendXml(reply, 200, xml.initiateMultipartUploadXml(bucket, key, uploadId));
         }
         case 'UploadPart': {
@@ -203,8 +210,9 @@ export function registerS3Gateway(
           if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > 10_000) {
             throw new S3Error('InvalidArgument', 400, 'Part number must be an integer between 1 and 10000, inclusive');
           }
-          const part = await store.uploadPart(key, query.get('uploadId') ?? '', partNumber, body ?? emptyStream());
-          await record({ outcome: 'allowed', status: 200, bytes: part.size, partNumber });
+          const part = await store.uploadPart(key, query.get('uploadId') ?? '', partNumber, body ?? emptyStream(), (received) =>
+            announce({ outcome: 'allowed', status: 200, bytes: received.size, etag: received.etag, partNumber }),
+          );
           return reply.status(200).header('etag', part.etag).send();
         }
         case 'ListParts': {
@@ -215,31 +223,40 @@ export function registerS3Gateway(
         }
         case 'CompleteMultipartUpload': {
           const parts = xml.parseCompleteMultipartUpload(await readSmallBody(body));
-          const info = await store.completeMultipartUpload(key, query.get('uploadId') ?? '', parts);
-          await record({ outcome: 'allowed', status: 200, bytes: info.size });
+          const info = await store.completeMultipartUpload(key, query.get('uploadId') ?? '', parts, (object) =>
+            announce({ outcome: 'allowed', status: 200, bytes: object.size, etag: object.etag }),
+          );
           const location = `${config.publicUrl ?? ''}${S3_PREFIX}/${bucket}/${encodeKey(key)}`;
           return sendXml(reply, 200, xml.completeMultipartUploadXml(location, bucket, key, info.etag));
         }
         case 'AbortMultipartUpload':
-          await store.abortMultipartUpload(key, query.get('uploadId') ?? '');
-          await record({ outcome: 'allowed', status: 204 });
+          await store.abortMultipartUpload(key, query.get('uploadId') ?? '', () => announce({ outcome: 'allowed', status: 204 }));
           return reply.status(204).send();
         case 'DeleteObject':
-          await store.delete(key);
-          await record({ outcome: 'allowed', status: 204 });
+          await store.delete(key, () => announce({ outcome: 'allowed', status: 204 }));
           return reply.status(204).send();
         default:
           throw new S3Error('NotImplemented', 501, `${operation.name} is not implemented by the jit gateway`);
       }
     } catch (error) {
-      if (error instanceof S3Error && error.status < 500 && !reply.sent) {
-        const detail = { ...describe(operation), outcome: error.code, status: error.status };
-        await grants.recordDataAccess(
+      // A refusal is recorded before it is answered. So is a change that failed after its record
+      // was written, so that the trail does not say it was made; that second record is best effort.
+      if (announced || (error instanceof S3Error && error.status < 500 && !reply.sent)) {
+        const { code, status } = error instanceof S3Error ? error : { code: 'InternalError', status: 500 };
+        const written = grants.recordDataAccess(
           caller.grant,
-          detail,
-          error.code === 'AccessDenied' ? 'data.refused' : `data.${operation.action}`,
+          { ...describe(operation), outcome: code, status },
+          code === 'AccessDenied' ? 'data.refused' : `data.${operation.action}`,
           request.ip,
         );
+        if (!announced) await written;
+        else {
+          await written.catch((failure: Error) =>
+            process.stderr.write(
+              `jit broker: could not record that S3 ${operation.name} of ${operation.bucket}/${operation.key} failed after its record: ${failure.message}\n`,
+            ),
+          );
+        }
       }
       body?.resume();
       throw error;
