@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { GrantView } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { JitProcess, jit, testEnv } from '../helpers/cli.ts';
+import { JitProcess, jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
 import { realKeychain } from '../helpers/keychain.ts';
+import { startJit } from './support.ts';
 
 const uniqueProfile = () => `test-${randomBytes(4).toString('hex')}`;
 const HEADLESS = { DBUS_SESSION_BUS_ADDRESS: undefined, DISPLAY: undefined };
@@ -76,6 +77,35 @@ describe('jit login / logout on the real keychain', () => {
     assert.equal(await keychain.get(`token:${profile}`), undefined);
     const config = await readFile(path.join(env.JIT_CONFIG_DIR ?? '', 'config.json'), 'utf8').catch(() => '{}');
     assert.equal((JSON.parse(config) as { profiles?: Record<string, unknown> }).profiles?.[profile], undefined);
+  });
+
+  it('on a terminal asks for the token as a password: the typed token is never shown, and only the keychain keeps it', async (t) => {
+    if (!terminalAvailable()) {
+      if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
+      return t.skip('no util-linux `script` here to give jit a pseudo-terminal');
+    }
+    const keychain = await realKeychain(t);
+    if (!keychain) return;
+    const profile = uniqueProfile();
+    const env = await testEnv({ CI: undefined });
+    t.after(() => rm(env.HOME ?? '', { recursive: true, force: true }));
+    t.after(() => keychain.delete(`token:${profile}`));
+    const login = startJit(t, ['login', '--broker', broker.url, '--profile', profile], { env, terminal: true });
+    await login.readUntil('stdout', /API token/);
+    login.child.stdin?.write(`${broker.token}\r`);
+    const done = await login.done;
+    assert.equal(done.code, 0, done.stdout);
+    // The pty's output is everything a person (or someone behind them) sees: the prompt, its mask, the result.
+    assert.match(done.stdout, new RegExp(`Logged in to ${broker.url.replaceAll('.', '\\.')} as user:admin`));
+    // Not the whole token, nor any run of it (a prompt that echoed the first keys before hiding the rest).
+    for (let at = 0; at + 8 <= broker.token.length; at++) {
+      const piece = broker.token.slice(at, at + 8);
+      assert.ok(!done.stdout.includes(piece), `"${piece}", characters ${at} to ${at + 8} of the token, was echoed on the terminal`);
+    }
+    assert.ok(done.stdout.includes('*'.repeat(broker.token.length)), 'each typed character shows as a mask');
+    assert.equal(await keychain.get(`token:${profile}`), broker.token);
+    const config = await readFile(path.join(env.JIT_CONFIG_DIR ?? '', 'config.json'), 'utf8');
+    assert.ok(!config.includes(broker.token), 'the token is not in the config file');
   });
 
   it('refuses to take a token without --token-stdin when there is no terminal to prompt on', async () => {
