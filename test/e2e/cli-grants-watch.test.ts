@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
 import { describe, it, type TestContext } from 'node:test';
 import type { WatchChange } from '../../src/cli/watch.ts';
-import { jit, terminalAvailable } from '../helpers/cli.ts';
+import type { LocalGrant } from '../../src/config/local.ts';
+import { JitProcess, jit, terminalAvailable } from '../helpers/cli.ts';
+import { indexFile } from '../helpers/state.ts';
 import { lines, runArgs, setUp, startJit } from './support.ts';
 
 /** The stdout lines of an NDJSON stream so far, each parsed (a line that is not JSON fails the test). */
@@ -124,5 +127,35 @@ describe('jit grants --watch', () => {
     assert.equal(result.code, 2);
     assert.equal(result.stdout, '');
     assert.equal(result.stderr, 'jit: error: invalid --interval "2"; add a unit, e.g. 2m or 2s\n');
+  });
+});
+
+describe('jit grants', () => {
+  it('on a terminal shows a revoke-pending grant in red, aligned, and prints it plain in a pipe', async (t) => {
+    if (skipWithoutTerminal(t)) return;
+    const places = await setUp(t);
+    if (!places) return;
+    const requested = await jit(['request', '--scope', 'datasets/train', '--json'], { env: places.env });
+    assert.equal(requested.code, 0, requested.stderr);
+    const { id } = JSON.parse(requested.stdout) as { id: string };
+    // As a jit run leaves it when its broker was down at exit; with the broker still down, the
+    // reaper that starts `jit grants` cannot finish it either.
+    const file = indexFile(places.env);
+    const index = JSON.parse(await readFile(file, 'utf8')) as { grants: Record<string, LocalGrant> };
+    index.grants[id] = { ...(index.grants[id] as LocalGrant), state: 'revoke-pending' };
+    await writeFile(file, JSON.stringify(index), { mode: 0o600 });
+    await places.broker.stop();
+    const colourEnv = { ...places.env };
+    delete colourEnv.NO_COLOR;
+
+    const piped = await jit(['grants'], { env: colourEnv });
+    assert.equal(piped.code, 0, piped.stderr);
+    assert.match(piped.stdout, new RegExp(`^${id} +revoke-pending +datasets/train +\\S+Z +\\d+m +- `, 'm'));
+    assert.ok(!piped.stdout.includes('\x1b['), 'no colour codes in a pipe');
+
+    const onTerminal = await new JitProcess(['grants'], { env: colourEnv, terminal: true, input: '' }).done;
+    assert.equal(onTerminal.code, 0, onTerminal.stdout);
+    // Red (31), and the colour codes take no width: two spaces to the next column as in a pipe.
+    assert.match(onTerminal.stdout, new RegExp(`${id}  \x1b\\[31mrevoke-pending\x1b\\[39m  datasets/train`));
   });
 });
