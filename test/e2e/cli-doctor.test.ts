@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer, request } from 'node:http';
 import { createServer } from 'node:net';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import type { LocalGrant } from '../../src/config/local.ts';
 import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
 import { assertReleased, brokerGrant, indexFile, localGrants } from '../helpers/state.ts';
@@ -34,6 +35,33 @@ async function closedPort(): Promise<number> {
   return address.port;
 }
 
+/**
+ * A loopback HTTP proxy in front of the real broker that passes every request and response
+ * through unchanged except the response's Date header, moved `shiftMs` later: to jit, a broker
+ * whose clock runs ahead of this machine's. Closed when the test ends.
+ */
+async function dateShiftingProxy(t: TestContext, brokerUrl: string, shiftMs: number): Promise<string> {
+  const target = new URL(brokerUrl);
+  const proxy = createHttpServer((incoming, outgoing) => {
+    const forwarded = request(
+      { host: target.hostname, port: target.port, method: incoming.method, path: incoming.url, headers: incoming.headers },
+      (answer) => {
+        const date = answer.headers.date;
+        const headers = { ...answer.headers, ...(date ? { date: new Date(Date.parse(date) + shiftMs).toUTCString() } : {}) };
+        outgoing.writeHead(answer.statusCode ?? 502, headers);
+        answer.pipe(outgoing);
+      },
+    );
+    forwarded.on('error', (error) => outgoing.destroy(error));
+    incoming.pipe(forwarded);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => proxy.close(resolve)));
+  const address = proxy.address();
+  assert.ok(address && typeof address === 'object');
+  return `http://127.0.0.1:${address.port}`;
+}
+
 describe('jit doctor', () => {
   it('passes every check against a healthy broker with the real keychain, in JSON and for a person', async (t) => {
     const places = await setUp(t);
@@ -59,6 +87,38 @@ describe('jit doctor', () => {
     assert.match(human.stdout, /^ok {3}broker {4}http:\/\/127\.0\.0\.1:\d+ \(JIT_BROKER_URL\) is up/m);
     assert.match(human.stdout, /\n\nAll checks passed\.\n$/);
     assert.equal(human.stderr, '');
+  });
+
+  it('warns when the broker is over 30 s ahead of this machine (exit 0) and fails over 5 min (exit 1), saying by how much', async (t) => {
+    const places = await setUp(t);
+    if (!places) return;
+    const fix = 'sync the system clock (timedatectl set-ntp true, or your OS time settings); grant expiry is kept by the broker';
+    // The Date header has whole seconds and the request takes a moment: a second either way.
+    for (const [shiftMs, status, code, seconds] of [
+      [45_000, 'warn', 0, '4[4-6]'],
+      [10 * 60_000, 'fail', 1, '(599|600|601)'],
+    ] as const) {
+      const env = { ...places.env, JIT_BROKER_URL: await dateShiftingProxy(t, places.broker.url, shiftMs) };
+      const { code: exitCode, report, stderr } = await doctor(env);
+      assert.equal(exitCode, code, stderr);
+      assert.equal(report.ok, status === 'warn');
+      const clock = check(report, 'clock');
+      assert.equal(clock.status, status, JSON.stringify(clock));
+      assert.match(clock.detail, new RegExp(`^this machine is ${seconds} s behind the broker$`));
+      assert.equal(clock.fix, fix);
+      for (const name of ['broker', 'auth', 'keychain', 'config', 'grants']) {
+        assert.equal(check(report, name).status, 'pass', `only the clock is off: ${JSON.stringify(check(report, name))}`);
+      }
+
+      const human = await jit(['doctor'], { env });
+      assert.equal(human.code, code, human.stderr);
+      const mark = status === 'warn' ? 'warn' : 'FAIL';
+      assert.match(
+        human.stdout,
+        new RegExp(`^${mark} clock {5}this machine is ${seconds} s behind the broker\n {15}fix: sync the system clock`, 'm'),
+      );
+      assert.match(human.stdout, status === 'warn' ? /\n\nNo failures, 1 warning\.\n$/ : /\n\n1 check failed, 0 warnings\.\n$/);
+    }
   });
 
   it('fails the broker check with a closed port, exits 1, and still reports the rest, leftover grants included', async () => {
