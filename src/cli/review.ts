@@ -44,7 +44,7 @@ export async function grantToReview(
     return given;
   }
   if (!ctx.interactive) {
-    throw new UsageError(`name the grant to ${verb} (there is no terminal to pick one on)`, {
+    throw new UsageError(`name the grant to ${verb} (no terminal to pick one on, or CI is set)`, {
       hint: `list the requests waiting for you with \`jit approvals\`, then \`jit ${verb} ID\``,
     });
   }

@@ -282,22 +282,25 @@ describe('approvals from the command line', () => {
       assert.equal(result.code, 2);
       assert.equal(result.stdout, '');
       assert.deepEqual(lines(result.stderr), [
-        `jit: error: name the grant to ${verb} (there is no terminal to pick one on); list the requests waiting for you with \`jit approvals\`, then \`jit ${verb} ID\``,
+        `jit: error: name the grant to ${verb} (no terminal to pick one on, or CI is set); list the requests waiting for you with \`jit approvals\`, then \`jit ${verb} ID\``,
       ]);
     }
   });
 });
 
-// Its own broker, so the picker lists this test's request alone.
+function skipWithoutTerminal(t: TestContext): boolean {
+  if (terminalAvailable()) return false;
+  if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
+  t.skip('no util-linux `script` here to give jit a pseudo-terminal');
+  return true;
+}
+
+// Its own broker, so the picker lists each test's request alone (each test ends its own).
 describe('the review picker', () => {
   const { world } = approvalBroker();
 
   test('jit approve with no id on a terminal lists the waiting request in a picker, and Enter approves it', async (t) => {
-    if (!terminalAvailable()) {
-      if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
-      t.skip('no util-linux `script` here to give jit a pseudo-terminal');
-      return;
-    }
+    if (skipWithoutTerminal(t)) return;
     const places = await world(t);
     if (!places) return;
     const id = await requestAhead(places, 'picker check');
@@ -312,5 +315,56 @@ describe('the review picker', () => {
     const revoked = await jit(['revoke', id], { env: places.env });
     assert.equal(revoked.code, 0, revoked.stderr);
     await assertReleased(places, id);
+  });
+
+  test('jit deny with no id on a terminal: pick the request, give the reason at the prompt, and the requester sees it', async (t) => {
+    if (skipWithoutTerminal(t)) return;
+    const places = await world(t);
+    if (!places) return;
+    const waiting = startJit(t, ['request', '--scope', 'datasets/train', '--reason', 'deny picker check', '--wait'], {
+      env: places.env,
+    });
+    const id = await waitingId(waiting);
+    const picker = startJit(t, ['deny'], { env: places.approver, terminal: true, terminalColumns: 200 });
+    await picker.readUntil('stdout', /Which request do you deny\?/);
+    await picker.readUntil('stdout', /user:ana wants datasets\/train for 3600s: "deny picker check"/);
+    picker.child.stdin?.write('\r');
+    await picker.readUntil('stdout', /Reason \(the requester sees it\)/);
+    picker.child.stdin?.write('eval set is under embargo\r');
+    const result = await picker.done;
+    assert.equal(result.code, 0, result.stdout);
+    assert.match(result.stdout, new RegExp(`${id} denied: user:ana does not get datasets/train\r\n$`));
+
+    const requester = await waiting.done;
+    assert.equal(requester.code, 4, requester.stderr);
+    assert.match(requester.stderr, new RegExp(`jit: error: grant ${id} was denied by user:pat: eval set is under embargo`));
+    assert.deepEqual((await brokerGrant(places.broker, id)).approval?.deniedBy, {
+      approver: 'user:pat',
+      reason: 'eval set is under embargo',
+    });
+    await assertReleased(places, id, 'denied');
+  });
+
+  test('with CI set, jit approve and jit deny with no id refuse in one line naming what to pass, even on a terminal', async (t) => {
+    if (skipWithoutTerminal(t)) return;
+    const places = await world(t);
+    if (!places) return;
+    const id = await requestAhead(places, 'not in CI');
+    for (const verb of ['approve', 'deny']) {
+      const refusing = startJit(t, [verb], { env: { ...places.approver, CI: 'true' }, terminal: true });
+      // A picker shown instead would wait for a key: fail in seconds, not at the test's timeout.
+      await refusing.readUntil('stdout', /jit: error: .*\r\n/, 10_000);
+      const refused = await refusing.done;
+      assert.equal(refused.code, 2, refused.stdout);
+      assert.equal(
+        refused.stdout,
+        `jit: error: name the grant to ${verb} (no terminal to pick one on, or CI is set); list the requests waiting for you with \`jit approvals\`, then \`jit ${verb} ID\`\r\n`,
+        'one line, and no picker',
+      );
+    }
+    assert.equal((await brokerGrant(places.broker, id)).state, 'pending', 'nothing was decided');
+    const cancelled = await jit(['revoke', id], { env: places.env });
+    assert.equal(cancelled.code, 0, cancelled.stderr);
+    await assertReleased(places, id, 'cancelled');
   });
 });
