@@ -12,10 +12,10 @@ import type { GrantView } from '../../src/core/grant.ts';
 import { heldCredential } from '../../src/runner/held.ts';
 import { accounts } from '../../src/secrets/store.ts';
 import { api, createToken, readGranted, SAMPLE_FILES, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { type JitProcess, jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
+import { type JitProcess, jit, testEnv } from '../helpers/cli.ts';
 import { realKeychain } from '../helpers/keychain.ts';
 import { assertReleased, brokerGrant, GRANTED_FILE, localGrants, type Places } from '../helpers/state.ts';
-import { job, lines, runArgs, startJit } from './support.ts';
+import { job, lines, runArgs, skipWithoutTerminal, startJit } from './support.ts';
 
 /** ana may read train data once one data owner (pat) approves; nobody else is in the policy. */
 const POLICY = `policy:
@@ -287,13 +287,6 @@ describe('approvals from the command line', () => {
     }
   });
 });
-
-function skipWithoutTerminal(t: TestContext): boolean {
-  if (terminalAvailable()) return false;
-  if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
-  t.skip('no util-linux `script` here to give jit a pseudo-terminal');
-  return true;
-}
 
 // Its own broker, so the picker lists each test's request alone (each test ends its own).
 describe('the review picker', () => {

@@ -5,9 +5,9 @@ import { createServer } from 'node:net';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import type { LocalGrant } from '../../src/config/local.ts';
-import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
+import { jit, testEnv } from '../helpers/cli.ts';
 import { assertReleased, brokerGrant, indexFile, localGrants } from '../helpers/state.ts';
-import { setUp, startJit } from './support.ts';
+import { setUp, skipWithoutTerminal, startJit } from './support.ts';
 
 type Check = { name: string; status: 'pass' | 'warn' | 'fail'; detail: string; fix?: string };
 type Report = { checks: Check[]; ok: boolean };
@@ -258,7 +258,7 @@ describe('jit doctor', () => {
     assert.deepEqual(Object.keys(await localGrants(places.env)), [second], 'a grant that is not left over is kept');
     assert.equal((await brokerGrant(places.broker, second)).state, 'active');
 
-    if (!terminalAvailable()) return t.skip('util-linux script is not installed');
+    if (skipWithoutTerminal(t)) return;
     await markRevokePending(second);
     const asked = startJit(t, ['doctor'], { env: places.env, terminal: true });
     await asked.readUntil('stdout', /Revoke the 1 leftover grant now\? \(Y\/n\)/);

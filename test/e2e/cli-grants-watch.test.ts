@@ -1,22 +1,15 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import type { WatchChange } from '../../src/cli/watch.ts';
 import type { LocalGrant } from '../../src/config/local.ts';
-import { JitProcess, jit, terminalAvailable } from '../helpers/cli.ts';
+import { JitProcess, jit } from '../helpers/cli.ts';
 import { indexFile } from '../helpers/state.ts';
-import { lines, runArgs, setUp, startJit } from './support.ts';
+import { lines, runArgs, setUp, skipWithoutTerminal, startJit } from './support.ts';
 
 /** The stdout lines of an NDJSON stream so far, each parsed (a line that is not JSON fails the test). */
 function changesIn(stdout: Buffer): WatchChange[] {
   return lines(stdout.toString()).map((line) => JSON.parse(line) as WatchChange);
-}
-
-function skipWithoutTerminal(t: TestContext): boolean {
-  if (terminalAvailable()) return false;
-  if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
-  t.skip('no util-linux `script` here to give jit a pseudo-terminal');
-  return true;
 }
 
 describe('jit grants --watch', () => {

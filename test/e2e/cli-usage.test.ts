@@ -8,8 +8,8 @@ import { rm } from 'node:fs/promises';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { describe, type TestContext, test } from 'node:test';
 import { startTestBroker } from '../helpers/broker.ts';
-import { jit, terminalAvailable, testEnv } from '../helpers/cli.ts';
-import { setUp, startJit } from './support.ts';
+import { jit, testEnv } from '../helpers/cli.ts';
+import { setUp, skipWithoutTerminal, startJit } from './support.ts';
 
 /** A TCP proxy to `target` that connects each client only after `delayMs`: a broker that is slow to answer. */
 async function slowProxy(t: TestContext, target: string, delayMs: number): Promise<string> {
@@ -134,7 +134,7 @@ describe('usage errors', () => {
 
 describe('the spinner on a slow broker', () => {
   test('shows on a terminal while the broker is slow, and never with --no-color, NO_COLOR or --json', async (t) => {
-    if (!terminalAvailable()) return t.skip('util-linux script is not installed');
+    if (skipWithoutTerminal(t)) return;
     const broker = await startTestBroker();
     t.after(() => broker.cleanup());
     const slow = await slowProxy(t, broker.url, 1_500);

@@ -1,8 +1,9 @@
+import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { startTestBroker } from '../helpers/broker.ts';
-import { JitProcess, type JitProcessOptions, killGroup, ROOT, testEnv } from '../helpers/cli.ts';
+import { JitProcess, type JitProcessOptions, killGroup, ROOT, terminalAvailable, testEnv } from '../helpers/cli.ts';
 import { realKeychain } from '../helpers/keychain.ts';
 import type { Places } from '../helpers/state.ts';
 
@@ -34,6 +35,17 @@ export function startJit(t: TestContext, args: string[], options: Omit<JitProces
   const jit = new JitProcess(args, { ...options, detached: true });
   t.after(() => killGroup(jit.child.pid));
   return jit;
+}
+
+/**
+ * Skips a test that needs a pseudo-terminal where util-linux `script` is missing; true when it did.
+ * In CI (which installs it) a missing `script` fails the test instead.
+ */
+export function skipWithoutTerminal(t: TestContext): boolean {
+  if (terminalAvailable()) return false;
+  if (process.env.CI === 'true') assert.fail('util-linux `script` is missing; .ci/run installs it');
+  t.skip('no util-linux `script` here to give jit a pseudo-terminal');
+  return true;
 }
 
 /** `jit run --scope datasets/train [flags] -- COMMAND...`, the form most tests use. */

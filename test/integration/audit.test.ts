@@ -3,7 +3,6 @@ import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import path from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
 import { recordHash } from '../../src/broker/audit/chain.ts';
 import type { AuditRecord } from '../../src/broker/audit/log.ts';
@@ -11,7 +10,8 @@ import type { VerifyReport } from '../../src/broker/audit/verify.ts';
 import { readEvents } from '../../src/client/sse.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, createToken, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
+import { postgresSkipReason } from '../helpers/postgres.ts';
+import { refuseAuditRecords, runOnStore } from '../helpers/store-sql.ts';
 
 type Page = { records: AuditRecord[]; next: number | null };
 
@@ -108,18 +108,7 @@ for (const store of ['sqlite', 'postgres'] as const) {
     const tokens: Record<string, string> = {};
     const as = <T>(who: string, method: string, route: string, body?: unknown) => api<T>(broker, tokens[who] ?? '', method, route, body);
     /** Runs SQL on the broker's store behind its back, as someone with database access would. */
-    const tamper = async (sql: string) => {
-      if (broker.database) {
-        await queryDatabase(broker.database.url, sql);
-        return;
-      }
-      const db = new DatabaseSync(path.join(broker.dir, 'broker.db'));
-      try {
-        db.exec(sql);
-      } finally {
-        db.close();
-      }
-    };
+    const tamper = (sql: string) => runOnStore(broker, sql);
     const verify = async () => (await as<VerifyReport>('auditor', 'GET', 'audit/verify')).body;
 
     before(async () => {
@@ -180,23 +169,17 @@ for (const store of ['sqlite', 'postgres'] as const) {
     });
 
     it('does not issue or revoke a grant whose audit record cannot be written', async () => {
-      const block = (type: string) =>
-        broker.database
-          ? `CREATE FUNCTION no_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END $$ LANGUAGE plpgsql;
-             CREATE TRIGGER no_audit BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.type = '${type}') EXECUTE FUNCTION no_audit();`
-          : `CREATE TRIGGER no_audit BEFORE INSERT ON events WHEN NEW.type = '${type}' BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;`;
-      const unblock = broker.database ? 'DROP TRIGGER no_audit ON events; DROP FUNCTION no_audit();' : 'DROP TRIGGER no_audit;';
       const before = (await as<{ grants: unknown[] }>('ana', 'GET', 'grants')).body.grants.length;
-      await tamper(block('grant.issued'));
+      let unblock = await refuseAuditRecords(broker, ['grant.issued']);
       const refused = await as<{ code: string }>('ana', 'POST', 'grants', { scopes: ['datasets/train'] });
-      await tamper(unblock);
+      await unblock();
       assert.equal(refused.status, 500);
       assert.equal((await as<{ grants: unknown[] }>('ana', 'GET', 'grants')).body.grants.length, before, 'no grant without its record');
 
       const issued = (await as<IssuedGrant>('ana', 'POST', 'grants', { scopes: ['datasets/train'] })).body;
-      await tamper(block('grant.revoked'));
+      unblock = await refuseAuditRecords(broker, ['grant.revoked']);
       const revoke = await as('ana', 'DELETE', `grants/${issued.id}`);
-      await tamper(unblock);
+      await unblock();
       assert.equal(revoke.status, 500);
       assert.equal(
         (await as<{ state: string }>('ana', 'GET', `grants/${issued.id}`)).body.state,

@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile, symlink } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
 import {
   AbortMultipartUploadCommand,
@@ -25,7 +24,8 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import type { AuditRecord } from '../../src/core/audit.ts';
 import type { IssuedGrant } from '../../src/core/grant.ts';
 import { api, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { postgresSkipReason, queryDatabase } from '../helpers/postgres.ts';
+import { postgresSkipReason } from '../helpers/postgres.ts';
+import { refuseAuditRecords } from '../helpers/store-sql.ts';
 
 const POLICY = `policy:
   rules:
@@ -50,33 +50,6 @@ function clientFor(grant: IssuedGrant, overrides: { secretAccessKey?: string; ac
       sessionToken: grant.env.AWS_SESSION_TOKEN,
     },
   });
-}
-
-/**
- * Makes the broker's store refuse to insert audit records of `types` (a trigger, as in
- * audit.test.ts), as a store that is down or full would; the returned function lifts it.
- */
-async function refuseAuditRecords(broker: TestBroker, types: string[]): Promise<() => Promise<void>> {
-  const list = types.map((type) => `'${type}'`).join(', ');
-  const run = async (sql: string) => {
-    if (broker.database) {
-      await queryDatabase(broker.database.url, sql);
-      return;
-    }
-    const db = new DatabaseSync(path.join(broker.dir, 'broker.db'));
-    try {
-      db.exec(sql);
-    } finally {
-      db.close();
-    }
-  };
-  await run(
-    broker.database
-      ? `CREATE FUNCTION no_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit unavailable'; END $$ LANGUAGE plpgsql;
-         CREATE TRIGGER no_audit BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.type IN (${list})) EXECUTE FUNCTION no_audit();`
-      : `CREATE TRIGGER no_audit BEFORE INSERT ON events WHEN NEW.type IN (${list}) BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;`,
-  );
-  return () => run(broker.database ? 'DROP TRIGGER no_audit ON events; DROP FUNCTION no_audit();' : 'DROP TRIGGER no_audit;');
 }
 
 /** The S3 error a call fails with: its code (name) and HTTP status. */
