@@ -216,6 +216,33 @@ function checkPublicJwk(key: Record<string, unknown>, context: z.RefinementCtx):
   }
 }
 
+/**
+ * Issuers that sign identity tokens for anybody's jobs, with the claims that say whose job it is.
+ * Trusted with no condition on one of them, such an issuer would let every repository in the world
+ * open a session (and write an audit record) at this broker, whatever the policy then allows.
+ */
+const SHARED_ISSUERS: Record<string, { who: string; claims: string[]; example: string }> = {
+  'https://token.actions.githubusercontent.com': {
+    who: 'every GitHub repository',
+    claims: ['repository_owner', 'repository_owner_id', 'repository', 'repository_id', 'enterprise', 'enterprise_id'],
+    example: 'claims: { repository_owner: acme }',
+  },
+  'https://gitlab.com': {
+    who: 'every GitLab.com project',
+    claims: ['namespace_path', 'namespace_id', 'project_path', 'project_id'],
+    example: 'claims: { namespace_path: acme }',
+  },
+};
+
+/** Why a shared issuer's `claims` do not keep it to one owner (undefined when they do, or it is not shared). */
+function unrestrictedSharedIssuer(issuer: string, claims: Record<string, string>): string | undefined {
+  const shared = SHARED_ISSUERS[issuer];
+  if (!shared) return undefined;
+  // A pattern that starts with `*` still matches everybody's (or anybody's look-alike) owner.
+  if (shared.claims.some((claim) => claims[claim] !== undefined && !claims[claim]?.startsWith('*'))) return undefined;
+  return `${issuer} signs tokens for ${shared.who}: keep this issuer to yours with a condition on ${shared.claims.join(', ')} (e.g. ${shared.example})`;
+}
+
 const oidcIssuerSchema = z.strictObject({
   name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an issuer name is lowercase letters, digits or "-", e.g. github'),
   issuer: oidcUrl,
@@ -280,6 +307,8 @@ const schema = z
           }
           if (issuer.jwks && issuer.jwksUri)
             context.addIssue({ code: 'custom', path: ['issuers', index, 'jwks'], message: 'give jwks (inline keys) or jwksUri, not both' });
+          const unrestricted = unrestrictedSharedIssuer(issuer.issuer, issuer.claims);
+          if (unrestricted) context.addIssue({ code: 'custom', path: ['issuers', index, 'claims'], message: unrestricted });
         });
       }),
     resources: z.record(

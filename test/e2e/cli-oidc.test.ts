@@ -277,8 +277,8 @@ resources:
   datasets: { kind: files, root: data }
 oidc:
   issuers:
-    - { name: github, issuer: "https://token.actions.githubusercontent.com", audience: jit }
-    - { name: gitlab, issuer: "https://gitlab.com", audience: jit }
+    - { name: github, issuer: "https://token.actions.githubusercontent.com", audience: jit, claims: { repository_owner: acme } }
+    - { name: gitlab, issuer: "https://gitlab.com", audience: jit, claims: { namespace_path: acme } }
 policy:
   rules:
     - name: train-main
@@ -294,7 +294,7 @@ policy:
         refused.stderr,
         /^jit: error: .*broker\.yaml:11: policy\.rules\.0\.claims: broker\.yaml trusts 2 OIDC issuers, so a rule that matches claims names its issuer: add iss: "https:\/\/token\.actions\.githubusercontent\.com"/,
       );
-      await writeFile(file, yaml.replace('claims: { repository', 'claims: { iss: "https://gitlab.com", repository'));
+      await writeFile(file, yaml.replace('claims: { repository: acme', 'claims: { iss: "https://gitlab.com", repository: acme'));
       const fixed = await jit(['broker', 'check-config', '--dir', dir], { env });
       assert.equal(fixed.code, 0, fixed.stderr);
     } finally {

@@ -73,7 +73,7 @@ describe('claims in policy (OIDC subjects)', () => {
 
 describe('oidc.issuers in broker.yaml', () => {
   const issuer = (lines: string) =>
-    `${HEADER}policy:\n  rules: []\noidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: https://jit.example.com\n${lines}`;
+    `${HEADER}policy:\n  rules: []\noidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: https://jit.example.com\n      claims: { repository_owner: acme }\n${lines}`;
   const refuses = (yaml: string, message: RegExp) =>
     assert.throws(
       () => parseBrokerConfig(yaml, FILE),
@@ -94,7 +94,7 @@ describe('oidc.issuers in broker.yaml', () => {
       sessionTtlSeconds: 3600,
       keyRefreshCooldownSeconds: 30,
       subject: 'ci:github:{sub}',
-      claims: {},
+      claims: { repository_owner: 'acme' },
     });
   });
 
@@ -151,6 +151,21 @@ describe('oidc.issuers in broker.yaml', () => {
     }
   });
 
+  it('refuses GitHub Actions or GitLab.com trusted for everybody: their claims must keep them to one owner', () => {
+    const shared = (url: string, claims: string) =>
+      `${HEADER}policy:\n  rules: []\noidc:\n  issuers:\n    - name: ci\n      issuer: ${url}\n      audience: x\n${claims}`;
+    refuses(
+      shared(GITHUB, ''),
+      /oidc\.issuers\.0\.claims: https:\/\/token\.actions\.githubusercontent\.com signs tokens for every GitHub repository: keep this issuer to yours with a condition on repository_owner, .* \(e\.g\. claims: \{ repository_owner: acme \}\)/,
+    );
+    refuses(shared(GITHUB, '      claims: { ref: refs/heads/main }\n'), /signs tokens for every GitHub repository/);
+    refuses(shared(GITHUB, '      claims: { repository_owner: "*" }\n'), /signs tokens for every GitHub repository/);
+    refuses(shared('https://gitlab.com', ''), /https:\/\/gitlab\.com signs tokens for every GitLab\.com project: .*namespace_path/);
+    assert.equal(parseBrokerConfig(shared(GITHUB, '      claims: { repository: acme/train-pipeline }\n'), FILE).oidcIssuers.length, 1);
+    assert.equal(parseBrokerConfig(shared('https://gitlab.com', '      claims: { namespace_path: acme }\n'), FILE).oidcIssuers.length, 1);
+    assert.equal(parseBrokerConfig(shared('https://ci.internal.example', ''), FILE).oidcIssuers.length, 1, 'a private issuer needs none');
+  });
+
   it('refuses inline keys that are private or not keys at all, at their file:line:key, before the broker starts', async () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
     const jwks = (key: object) => issuer(`      jwks: { keys: [${JSON.stringify(key)}] }\n`);
@@ -200,7 +215,7 @@ describe('oidc.issuers in broker.yaml', () => {
   });
 
   it('with several issuers, refuses an allow rule on claims that does not name its issuer (claims.iss), at its file:line:key', () => {
-    const issuers = `oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n    - name: gitlab\n      issuer: https://gitlab.com\n      audience: x\n`;
+    const issuers = `oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n      claims: { repository_owner: acme }\n    - name: gitlab\n      issuer: https://gitlab.com\n      audience: x\n      claims: { namespace_path: acme }\n`;
     const rule = (claims: string) =>
       `${HEADER}policy:\n  rules:\n    - name: ci\n      claims: ${claims}\n      scopes: ["datasets/**"]\n      maxTtl: 1h\n  deny:\n    - name: no-unprotected\n      claims: { ref_protected: "false" }\n      scopes: ["datasets/**"]\n      reason: protected only\n${issuers}`;
     refuses(
@@ -251,9 +266,13 @@ describe('oidc.issuers in broker.yaml', () => {
       // The claims given need no iss: the issuer's own is what a real token carries, so with two
       // issuers the rule for one is matched by it and not by the other.
       const { iss: _, ...withoutIss } = MAIN;
-      const two = `${HEADER}${await documentedRule()}oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n      subject: "ci:github:{repository}@{ref}"\n    - name: other\n      issuer: https://ci.example.com\n      audience: x\n      subject: "ci:other:{repository}@{ref}"\n`;
+      const two = `${HEADER}${await documentedRule()}oidc:\n  issuers:\n    - name: github\n      issuer: ${GITHUB}\n      audience: x\n      subject: "ci:github:{repository}@{ref}"\n      claims: { repository_owner: acme }\n    - name: other\n      issuer: https://ci.example.com\n      audience: x\n      subject: "ci:other:{repository}@{ref}"\n`;
       await writeFile(path.join(dir, 'broker.yaml'), two);
-      const fromGithub = await explainRequest(dir, { issuer: 'github', claims: withoutIss, scopes: ['datasets/train'] });
+      const fromGithub = await explainRequest(dir, {
+        issuer: 'github',
+        claims: { ...withoutIss, repository_owner: 'acme' },
+        scopes: ['datasets/train'],
+      });
       assert.equal(fromGithub.allowed, true);
       const fromOther = await explainRequest(dir, { issuer: 'other', claims: { ...MAIN, iss: GITHUB }, scopes: ['datasets/train'] });
       assert.equal(fromOther.allowed, false, "another issuer's token cannot claim GitHub's iss");
