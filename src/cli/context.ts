@@ -15,6 +15,9 @@ export type GlobalOptions = {
   broker?: string;
 };
 
+/** The global options as given: with no --profile and no JIT_PROFILE, the profile comes from the local config. */
+export type GlobalFlags = Omit<GlobalOptions, 'profile'> & { profile?: string };
+
 export type Session = { client: BrokerClient; profile: string; brokerUrl: string; auth: GrantAuth };
 
 /**
@@ -39,8 +42,9 @@ export type Context = {
   clientForGrant(grant: LocalGrant, tuning?: { timeoutMs?: number; retries?: number }): Promise<BrokerClient>;
 };
 
-export function createContext(options: GlobalOptions, out: Output, env: NodeJS.ProcessEnv = process.env): Context {
+export function createContext(flags: GlobalFlags, out: Output, env: NodeJS.ProcessEnv = process.env): Context {
   const config = new LocalConfig(env.JIT_CONFIG_DIR || undefined);
+  const options: GlobalOptions = { ...flags, profile: flags.profile ?? config.activeProfile() ?? 'default' };
   let secrets: Promise<SecretStore> | undefined;
   // --broker counts as an explicitly given broker URL, exactly like JIT_BROKER_URL (and wins over it).
   const explicitBrokerUrl = options.broker || env.JIT_BROKER_URL || undefined;

@@ -6,7 +6,7 @@ import { reapLeftovers } from '../runner/reap.ts';
 import { KEYCHAIN_MODES, type KeychainMode, parseKeychainMode } from '../secrets/store.ts';
 import type { CommandDefinition, CommandResult } from './command.ts';
 import { COMMANDS } from './commands/index.ts';
-import { type Context, createContext, type GlobalOptions } from './context.ts';
+import { type Context, createContext, type GlobalFlags } from './context.ts';
 import { Output } from './output.ts';
 
 /** Parses argv, runs one command, prints its result or error, and returns the exit status. */
@@ -117,7 +117,10 @@ function addGlobalOptions(command: Command): void {
       new Option('--no-color', 'no colours (also NO_COLOR=1; never with --json or off a terminal)').default(true, 'colour on a terminal'),
     )
     .addOption(
-      new Option('--profile <name>', 'the local profile to use (env JIT_PROFILE)').default(undefined, '`$JIT_PROFILE`, else `default`'),
+      new Option('--profile <name>', 'the local profile to use (env JIT_PROFILE)').default(
+        undefined,
+        '`$JIT_PROFILE`, else the one `jit config use` chose, else `default`',
+      ),
     )
     .addOption(
       new Option('--keychain <mode>', 'where credentials are kept: auto, require, memory (env JIT_KEYCHAIN)')
@@ -126,12 +129,13 @@ function addGlobalOptions(command: Command): void {
     );
 }
 
-function globalOptions(options: Record<string, unknown>, env: NodeJS.ProcessEnv): GlobalOptions {
+function globalOptions(options: Record<string, unknown>, env: NodeJS.ProcessEnv): GlobalFlags {
   const keychain: KeychainMode = parseKeychainMode(String(options.keychain ?? env.JIT_KEYCHAIN ?? 'auto'));
   return {
     json: Boolean(options.json),
     verbose: Boolean(options.verbose),
-    profile: String(options.profile ?? env.JIT_PROFILE ?? 'default'),
+    // Else the profile `jit config use` chose, else `default` (createContext, which reads the config).
+    ...(options.profile !== undefined || env.JIT_PROFILE ? { profile: String(options.profile ?? env.JIT_PROFILE) } : {}),
     keychain,
     ...(typeof options.broker === 'string' ? { broker: brokerFlag(options.broker) } : {}),
   };

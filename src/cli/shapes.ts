@@ -233,6 +233,7 @@ const shapes = {
     profiles: z.array(z.strictObject({ name: z.string(), brokerUrl: z.string(), defaultTtl: z.string().nullable(), active: z.boolean() })),
   }),
   configSet: z.strictObject({ name: z.string(), brokerUrl: z.string(), defaultTtl: z.string() }),
+  configUse: z.strictObject({ active: z.string(), brokerUrl: z.string() }),
   configPath: z.strictObject({ path: z.string() }),
   brokerInit: z.strictObject({ token: z.string().describe('shown this once'), config: z.string(), subject: z.string() }),
   brokerStart: z.strictObject({ url: z.string() }),
@@ -315,6 +316,7 @@ export const JSON_OUTPUTS: Record<string, JsonOutput[]> = {
   doctor: [{ invocation: 'jit doctor --json', schema: shapes.doctor }],
   'config list': [{ invocation: 'jit config list --json', schema: shapes.configList }],
   'config set': [{ invocation: 'jit config set --json', schema: shapes.configSet }],
+  'config use': [{ invocation: 'jit config use NAME --json', schema: shapes.configUse }],
   'config path': [{ invocation: 'jit config path --json', schema: shapes.configPath }],
 };
 

@@ -54,6 +54,8 @@ type Schema = {
    * the defaults: conf rewrites a file that lacks a default key, which would change its mode.
    */
   verified?: Record<string, VerifiedHead>;
+  /** The profile `jit config use` chose, for commands given no --profile and no JIT_PROFILE (not a default either). */
+  activeProfile?: string;
 };
 
 export class LocalConfig {
@@ -80,6 +82,16 @@ export class LocalConfig {
 
   setVerifiedHead(brokerUrl: string, head: VerifiedHead): void {
     this.#locked(() => this.#conf.set('verified', { ...(this.#conf.get('verified') ?? {}), [brokerUrl]: head }));
+  }
+
+  /** The profile `jit config use` chose, if it still exists. */
+  activeProfile(): string | undefined {
+    const name = this.#conf.get('activeProfile');
+    return name !== undefined && this.profile(name) ? name : undefined;
+  }
+
+  setActiveProfile(name: string): void {
+    this.#locked(() => this.#conf.set('activeProfile', name));
   }
 
   /** Every profile by name, sorted by name. */

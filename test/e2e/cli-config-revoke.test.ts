@@ -156,7 +156,7 @@ describe('global --broker', () => {
 });
 
 describe('jit config', () => {
-  test('path, list and set --default-ttl on the profiles jit login made', async (t) => {
+  test('path, list, set --default-ttl and use on the profiles jit login made', async (t) => {
     const places = await setUp(t);
     if (!places) return;
     const { env, profile } = await profileLoggedIn(t, places);
@@ -206,6 +206,25 @@ describe('jit config', () => {
     assert.equal(requested.code, 0, requested.stderr);
     assert.equal((JSON.parse(requested.stdout) as { ttlSeconds: number }).ttlSeconds, 90 * 60, '`jit request` too');
     assert.equal((await jit(['revoke', '--all', '--yes', '--profile', profile], { env })).code, 0);
+
+    // `jit config use` makes the profile the one every command takes without --profile or JIT_PROFILE.
+    const whoBefore = await jit(['whoami'], { env });
+    assert.equal(whoBefore.code, 3, 'the default profile is not logged in');
+    const use = await jit(['config', 'use', profile], { env });
+    assert.equal(use.code, 0, use.stderr);
+    assert.equal(use.stdout, `Profile ${profile} (${places.broker.url}) is now the active one.\n`);
+    const whoAfter = await jit(['whoami', '--json'], { env });
+    assert.equal(whoAfter.code, 0, whoAfter.stderr);
+    assert.equal((JSON.parse(whoAfter.stdout) as { profile: string }).profile, profile);
+    assert.equal((JSON.parse((await jit(['config', 'list', '--json'], { env })).stdout) as { active: string }).active, profile);
+    const overridden = await jit(['whoami'], { env: { ...env, JIT_PROFILE: 'default' } });
+    assert.equal(overridden.code, 3, 'JIT_PROFILE still wins');
+    const unknown = await jit(['config', 'use', 'nope'], { env });
+    assert.equal(unknown.code, 2);
+    assert.equal(unknown.stderr, `jit: error: no profile "nope"; the profiles are: ${profile}\n`);
+    // Logging out of the active profile leaves no active profile behind: commands fall back to `default`.
+    assert.equal((await jit(['logout', '--profile', profile], { env })).code, 0);
+    assert.equal((JSON.parse((await jit(['config', 'list', '--json'], { env })).stdout) as { active: string }).active, 'default');
 
     const empty = await jit(['config', 'list'], { env: { ...env, JIT_CONFIG_DIR: path.join(env.HOME ?? '', 'empty') } });
     assert.equal(empty.code, 0, empty.stderr);

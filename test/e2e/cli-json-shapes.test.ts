@@ -120,6 +120,8 @@ describe('--json of the commands people run, on one broker', () => {
     );
     assert.equal(list.profiles[0]?.defaultTtl, '1h30m');
     shaped(await jit(['config', 'path', '--json'], { env: profileEnv }), 'jit config path --json');
+    shaped(await jit(['config', 'use', 'default', '--json'], { env: profileEnv }), 'jit config use NAME --json');
+    failed(await jit(['config', 'use', 'nope', '--json'], { env: profileEnv }), 2, 'invalid_request');
     shaped(await jit(['logout', '--json'], { env: profileEnv }), 'jit logout --json');
     failed(await jit(['whoami', '--json'], { env: profileEnv }), 3, 'unauthenticated');
     failed(await jit(['config', 'set', '--default-ttl', '30', '--json'], { env: profileEnv }), 2, 'invalid_duration');

@@ -44,6 +44,29 @@ export const configSet: CommandDefinition = {
   },
 };
 
+export const configUse: CommandDefinition = {
+  path: 'config use',
+  summary: 'make a profile the active one: the profile commands use without --profile or JIT_PROFILE',
+  define: (command) => command.argument('<name>', 'the profile, as `jit config list` shows it'),
+  async handler({ args }, ctx) {
+    const [name = ''] = args;
+    const profile = ctx.config.profile(name);
+    if (!profile) {
+      const known = ctx.config.profiles().map(([each]) => each);
+      throw new UsageError(`no profile "${name}"`, {
+        hint: known.length > 0 ? `the profiles are: ${known.join(', ')}` : `create it with \`jit login --profile ${name} --broker URL\``,
+      });
+    }
+    ctx.config.setActiveProfile(name);
+    const shadowed =
+      ctx.env.JIT_PROFILE && ctx.env.JIT_PROFILE !== name ? ` (JIT_PROFILE=${ctx.env.JIT_PROFILE} still wins in this shell)` : '';
+    return {
+      data: { active: name, brokerUrl: profile.brokerUrl },
+      human: `Profile ${name} (${profile.brokerUrl}) is now the active one${shadowed}.`,
+    };
+  },
+};
+
 export const configPath: CommandDefinition = {
   path: 'config path',
   summary: 'print the path of the local config file (profiles and the grant index; never secrets)',

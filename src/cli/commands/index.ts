@@ -10,7 +10,7 @@ import { brokerTokenCreate } from './broker-token-create.ts';
 import { brokerTokenList } from './broker-token-list.ts';
 import { brokerTokenRevoke } from './broker-token-revoke.ts';
 import { completion } from './completion.ts';
-import { configList, configPath, configSet } from './config.ts';
+import { configList, configPath, configSet, configUse } from './config.ts';
 import { deny } from './deny.ts';
 import { doctor } from './doctor.ts';
 import { env } from './env.ts';
@@ -54,5 +54,6 @@ export const COMMANDS: readonly CommandDefinition[] = [
   doctor,
   configList,
   configSet,
+  configUse,
   configPath,
 ];
