@@ -5,7 +5,7 @@ import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { readEvents } from '../../src/client/sse.ts';
 import type { AuditRecord, VerifyReport } from '../../src/core/audit.ts';
 import type { GrantView, IssuedGrant, RevocationReceipt } from '../../src/core/grant.ts';
-import { api, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { api, createToken, readGranted, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { postgresSkipReason } from '../helpers/postgres.ts';
 
 const FILE = 'datasets/train/shard-0000.jsonl';
@@ -24,7 +24,8 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
   const clock = { now: () => Date.now() + skewMs };
 
   before(async () => {
-    a = await startTestBroker({ store: 'postgres', heartbeatTimeout: '2s', clock });
+    // trustedProxies: the alert tests give each request a client address through x-forwarded-for.
+    a = await startTestBroker({ store: 'postgres', heartbeatTimeout: '2s', clock, trustedProxies: ['127.0.0.1'] });
     b = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0, clock });
     c = await startBroker({ dir: a.dir, host: '127.0.0.1', port: 0, clock });
     store = await PostgresStore.open(a.database?.url ?? '', { maxConnections: 1 });
@@ -108,6 +109,68 @@ describe('broker replicas on one PostgreSQL', { skip: await postgresSkipReason()
       const expired = events.filter((event) => event.grantId === grant.id && event.type === 'grant.expired');
       assert.equal(expired.length, 1, `grant ${grant.id} has ${expired.length} grant.expired events`);
     }
+  });
+
+  /** The replica that served a request seals its records now, before the others' interval sealers do (most likely). */
+  const sealVia = async (replica: RunningBroker) => {
+    await replica.audit.seal();
+    const deadline = Date.now() + 10_000;
+    while ((await store.unsealed()).count > 0) {
+      assert.ok(Date.now() < deadline, 'the replicas seal what was appended');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  };
+  const from = (address: string) => ({ 'x-forwarded-for': address });
+
+  it('raises one denied_burst for one subject’s denials spread over the replicas, each sealed by the replica that served it', async () => {
+    const bo = await createToken(a, 'user:bo', ['requester']);
+    const denials: number[] = [];
+    for (const replica of [a.broker, b, c, a.broker, b, c, a.broker]) {
+      assert.equal((await api(replica, bo, 'POST', 'grants', { scopes: ['datasets/train'] })).status, 403);
+      await sealVia(replica);
+      const [refused] = await store.queryAudit({
+        subject: 'user:bo',
+        action: 'grant.refused',
+        afterPosition: denials.at(-1) ?? 0,
+        limit: 1,
+      });
+      denials.push(refused?.position ?? 0);
+    }
+    await sealVia(a.broker);
+    const alerts = await store.queryAudit({ subject: 'user:bo', action: 'alert.denied_burst', limit: 10 });
+    assert.equal(alerts.length, 1, 'the 5th of 7 denials within the window completes one burst; the next two start a new count');
+    assert.deepEqual(JSON.parse(alerts[0]?.detail ?? '{}'), { denials: 5, windowSeconds: 60, record: denials[4] });
+  });
+
+  it('raises one host_mismatch for a grant requested through one replica and used from other addresses through the others', async () => {
+    const requested = await fetch(`${a.url}/v1/grants`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.token}`, 'content-type': 'application/json', ...from('10.9.0.1') },
+      body: JSON.stringify({ scopes: ['datasets/train'] }),
+    });
+    assert.equal(requested.status, 201);
+    const grant = (await requested.json()) as IssuedGrant;
+    await sealVia(a.broker);
+    for (const [replica, address] of [
+      [b, '10.9.0.2'],
+      [c, '10.9.0.3'],
+      [b, '10.9.0.2'],
+    ] as const) {
+      const read = await fetch(`${replica.url}/v1/files/${FILE}`, {
+        headers: { authorization: `Bearer ${grant.credential}`, ...from(address) },
+      });
+      assert.equal(read.status, 200);
+      await sealVia(replica);
+    }
+    await sealVia(a.broker);
+    const alerts = await store.queryAudit({ grantId: grant.id, action: 'alert.host_mismatch', limit: 10 });
+    assert.equal(alerts.length, 1, 'once per grant, whichever replicas saw its uses');
+    const reads = await store.queryAudit({ grantId: grant.id, action: 'data.read', limit: 10 });
+    assert.deepEqual(JSON.parse(alerts[0]?.detail ?? '{}'), {
+      requestedFrom: '10.9.0.1',
+      usedFrom: '10.9.0.2',
+      record: reads[0]?.position,
+    });
   });
 
   it('seals what all replicas append into one chain, and streams every record from any replica', async () => {

@@ -19,6 +19,7 @@ import { SCHEMA_VERSION } from '../../src/broker/store/migrations.ts';
 import { PostgresStore } from '../../src/broker/store/postgres.ts';
 import { SqliteStore } from '../../src/broker/store/sqlite.ts';
 import {
+  type AlertHistory,
   type AuditEvent,
   type AuditRow,
   type BrokerStore,
@@ -692,6 +693,76 @@ for (const engine of [sqlite, postgres]) {
       assert.deepEqual(await positions({ limit: 3, afterPosition: 8 }), []);
       assert.deepEqual(await positions({ limit: 1, afterPosition: 1, grantId: 'g1' }), [2]);
       assert.deepEqual(await positions({ limit: 1, afterPosition: 2, grantId: 'g1' }), [4]);
+    });
+
+    it('looks back for the alert rules: a grant’s requests and host alerts, a subject’s last denials and last burst, sealed or not', async () => {
+      const { store } = await fresh();
+      const bo = { subject: 'user:bo', grantId: null };
+      await store.appendEvents([
+        auditEvent('grant.requested', 0, { grantId: 'g1', detail: { source: '10.0.0.1' } }),
+        auditEvent('grant.issued', 1, { grantId: 'g2', detail: { source: '10.0.0.2' } }),
+        auditEvent('data.read', 2, { grantId: 'g1', detail: { source: '10.0.0.1' } }),
+        auditEvent('grant.refused', 3, bo),
+        auditEvent('data.refused', 4, { ...bo, grantId: 'g3' }),
+        auditEvent('grant.refused', 5, { subject: 'user:cy', grantId: null }),
+        auditEvent('grant.refused', 6, bo),
+        auditEvent('alert.denied_burst', 7, { ...bo, detail: { record: 5 } }),
+        auditEvent('grant.issued', 8, { grantId: 'g1', detail: { source: '10.0.0.3' } }),
+      ]);
+      await store.sealEvents(100, chainPlan(1000));
+      // Appended by another replica's sealing step and not sealed yet: alerts count, a denial not yet.
+      await store.appendEvents([
+        auditEvent('alert.host_mismatch', 9, { grantId: 'g1', detail: { record: 3 } }),
+        auditEvent('alert.denied_burst', 10, { ...bo, detail: { record: 7 } }),
+        auditEvent('grant.refused', 11, bo),
+      ]);
+      const history = await store.alertHistory({ grantIds: ['g1', 'g9'], subjects: [{ subject: 'user:bo', denials: 2 }] });
+      assert.deepEqual(
+        history.map((record) => [record.position, record.action, record.subject, record.grantId, record.outcome, record.at - T0]),
+        [
+          [1, 'grant.requested', 'user:ada', 'g1', 'pending', 0],
+          [5, 'data.refused', 'user:bo', 'g3', 'denied', 4],
+          [7, 'grant.refused', 'user:bo', null, 'denied', 6],
+          [9, 'grant.issued', 'user:ada', 'g1', 'ok', 8],
+          [null, 'alert.host_mismatch', 'user:ada', 'g1', 'alert', 9],
+          [null, 'alert.denied_burst', 'user:bo', null, 'alert', 10],
+        ],
+        'in insertion order; bo’s last two sealed denials and last burst only; nothing of g2, g9 or cy',
+      );
+      assert.deepEqual(JSON.parse(history[0]?.detail ?? ''), { source: '10.0.0.1' });
+      assert.deepEqual(
+        (
+          await store.alertHistory({
+            grantIds: [],
+            subjects: [
+              { subject: 'user:bo', denials: 5 },
+              { subject: 'user:cy', denials: 5 },
+            ],
+          })
+        ).map((record) => record.position),
+        [4, 5, 6, 7, null],
+      );
+      assert.deepEqual(await store.alertHistory({ grantIds: [], subjects: [] }), []);
+    });
+
+    it('appends what a seal step derives from its batch, asked with a history that holds the batch', async () => {
+      const { store } = await fresh();
+      await store.appendEvents([auditEvent('grant.issued', 0, { detail: { source: '10.0.0.1' } }), auditEvent('data.read', 1)]);
+      const asked: (number | null)[][] = [];
+      const derive = async (history: AlertHistory) => {
+        asked.push((await history.alertHistory({ grantIds: ['g1'], subjects: [] })).map((record) => record.position));
+        return asked.length === 1 ? [auditEvent('alert.test', 2, { detail: { record: 2 } })] : [];
+      };
+      assert.equal(await store.sealEvents(10, chainPlan(1000), { derive }), 2);
+      assert.deepEqual(asked, [[1]], 'the batch’s own grant.issued, sealed');
+      assert.deepEqual(await store.unsealed(), { count: 1, oldestAt: T0 + 2 }, 'the derived event waits for the next step');
+      assert.equal(await store.sealEvents(10, chainPlan(1000), { derive }), 1);
+      assert.equal(await store.sealEvents(10, chainPlan(1000), { derive, evenIfNone: true }), 0);
+      assert.equal(asked.length, 2, 'not asked when nothing was sealed');
+      assert.deepEqual(
+        (await store.queryAudit({ limit: 10 })).map((record) => record.action),
+        ['grant.issued', 'data.read', 'alert.test'],
+      );
     });
 
     it('leases an export sink to one owner at a time, until the lease runs out', async () => {

@@ -1,7 +1,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { AuditRecord, VerifyReport } from '../../core/audit.ts';
 import type { Clock } from '../grants/service.ts';
-import type { AuditEvent, AuditQuery, AuditRow, BrokerStore, ChainHead, SealPlan, UnsealedRow } from '../store/store.ts';
+import type { AlertHistory, AuditEvent, AuditQuery, AuditRow, BrokerStore, ChainHead, SealPlan, UnsealedRow } from '../store/store.ts';
 import { type AlertRules, Alerts } from './alerts.ts';
 import { canonicalDetail, GENESIS, recordHash, type SigningKey, signCheckpoint } from './chain.ts';
 import { verifyStore } from './verify.ts';
@@ -146,16 +146,20 @@ export class AuditLog {
         const now = this.#clock.now();
         const evenIfNone = now - this.#idleCheckedAt >= IDLE_CHECK_MS;
         if (evenIfNone) this.#idleCheckedAt = now;
-        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed), { evenIfNone });
+        let raised = 0;
+        // The alerts are appended with the batch, before the next one can be sealed: the next
+        // step's history holds them, whichever replica takes it.
+        const derive = async (history: AlertHistory) => {
+          const alerts = await this.#alerts.inspect(sealed, this.#clock.now(), history);
+          raised = alerts.length;
+          return alerts;
+        };
+        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed), { evenIfNone, derive });
         // undefined: another replica is sealing; it will notice these rows.
         if (!count) break;
         total += count;
         for (const listener of this.#listeners) listener();
-        const alerts = this.#alerts.inspect(sealed, this.#clock.now());
-        if (alerts.length > 0) {
-          await this.#store.appendEvents(alerts);
-          this.#again = true;
-        }
+        if (raised > 0) this.#again = true;
         if (count < SEAL_BATCH) break;
       }
     } while (this.#again);

@@ -5,6 +5,7 @@ import type { Checkpoint } from '../audit/chain.ts';
 import { outcomeOf } from '../audit/chain.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
+  type AlertHistoryQuery,
   type ApprovalRecord,
   type AuditEvent,
   type AuditQuery,
@@ -28,11 +29,15 @@ import {
   type GrantRecord,
   grantFromRow,
   grantValues,
+  HISTORY_SQL,
+  type PastRecord,
   PRINCIPAL_COLUMNS,
   type PrincipalRecord,
+  pastFromRow,
   principalFromRow,
   principalValues,
   SESSION_COLUMNS,
+  type SealOptions,
   type SealPlan,
   type SessionRecord,
   type SinkCursor,
@@ -434,10 +439,7 @@ export class PostgresStore implements BrokerStore {
   }
 
   async appendEvents(events: readonly AuditEvent[]): Promise<void> {
-    if (events.length === 0) return;
-    const width = EVENT_COLUMNS.length;
-    const rows = events.map((_, row) => `(${EVENT_COLUMNS.map((__, column) => `$${row * width + column + 1}`).join(', ')})`);
-    await this.#rows(`INSERT INTO events (${EVENT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, events.flatMap(eventValues));
+    await insertEvents(this.#pool, events);
   }
 
   async listEvents(filter: { grantId?: string }): Promise<AuditEvent[]> {
@@ -452,7 +454,7 @@ export class PostgresStore implements BrokerStore {
   async sealEvents(
     limit: number,
     plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
-    options: { evenIfNone?: boolean } = {},
+    options: SealOptions = {},
   ): Promise<number | undefined> {
     const client = await this.#pool.connect();
     try {
@@ -489,6 +491,10 @@ export class PostgresStore implements BrokerStore {
           checkpoint.signature,
         ]);
       }
+      if (sealed.length > 0 && options.derive) {
+        // Through this transaction: it sees its own batch, and the next step waits for the lock.
+        await insertEvents(client, await options.derive({ alertHistory: (query) => alertHistoryVia(client, query) }));
+      }
       await client.query('COMMIT');
       return sealed.length;
     } catch (error) {
@@ -507,6 +513,10 @@ export class PostgresStore implements BrokerStore {
       hash: last ? String(last.hash) : '',
       checkpoint: checkpoint ? checkpointFromRow(checkpoint) : undefined,
     };
+  }
+
+  alertHistory(query: AlertHistoryQuery): Promise<PastRecord[]> {
+    return alertHistoryVia(this.#pool, query);
   }
 
   chainHead(): Promise<ChainHead> {
@@ -585,4 +595,35 @@ export class PostgresStore implements BrokerStore {
   async close(): Promise<void> {
     if (!this.#pool.ended) await this.#pool.end();
   }
+}
+
+async function insertEvents(client: pg.Pool | pg.PoolClient, events: readonly AuditEvent[]): Promise<void> {
+  if (events.length === 0) return;
+  const width = EVENT_COLUMNS.length;
+  const rows = events.map((_, row) => `(${EVENT_COLUMNS.map((__, column) => `$${row * width + column + 1}`).join(', ')})`);
+  await client.query(`INSERT INTO events (${EVENT_COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, events.flatMap(eventValues));
+}
+
+/** BrokerStore.alertHistory through `client`: the pool, or a sealing transaction. */
+async function alertHistoryVia(client: pg.Pool | pg.PoolClient, query: AlertHistoryQuery): Promise<PastRecord[]> {
+  const { columns, grantMarks, denied, alerts } = HISTORY_SQL;
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  const param = (value: unknown) => `$${params.push(value)}`;
+  if (query.grantIds.length > 0) {
+    parts.push(`SELECT ${columns} FROM events WHERE grant_id = ANY(${param(query.grantIds)}::text[]) AND ${grantMarks}`);
+  }
+  if (query.subjects.length > 0) {
+    const subjects = param(query.subjects.map((wanted) => wanted.subject));
+    const limits = param(query.subjects.map((wanted) => wanted.denials));
+    parts.push(
+      `SELECT last.* FROM unnest(${subjects}::text[], ${limits}::int[]) AS wanted(subject, denials), LATERAL (
+         SELECT ${columns} FROM events WHERE events.subject = wanted.subject AND ${denied} ORDER BY position DESC LIMIT wanted.denials) AS last`,
+      `SELECT last.* FROM unnest(${subjects}::text[]) AS wanted(subject), LATERAL (
+         SELECT ${columns} FROM events WHERE events.subject = wanted.subject AND type = 'alert.denied_burst' AND ${alerts}
+         ORDER BY seq DESC LIMIT 1) AS last`,
+    );
+  }
+  if (parts.length === 0) return [];
+  return (await client.query(`${parts.join(' UNION ALL ')} ORDER BY seq`, params)).rows.map(pastFromRow);
 }

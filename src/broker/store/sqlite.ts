@@ -4,6 +4,7 @@ import type { GrantState } from '../../core/grant.ts';
 import type { Checkpoint } from '../audit/chain.ts';
 import { MIGRATIONS_TABLE, pendingMigrations } from './migrations.ts';
 import {
+  type AlertHistoryQuery,
   type ApprovalRecord,
   type AuditEvent,
   type AuditQuery,
@@ -28,11 +29,15 @@ import {
   type GrantRecord,
   grantFromRow,
   grantValues,
+  HISTORY_SQL,
+  type PastRecord,
   PRINCIPAL_COLUMNS,
   type PrincipalRecord,
+  pastFromRow,
   principalFromRow,
   principalValues,
   SESSION_COLUMNS,
+  type SealOptions,
   type SealPlan,
   type SessionRecord,
   type SinkCursor,
@@ -363,14 +368,10 @@ export class SqliteStore implements BrokerStore {
     return rows.map((row) => eventFromRow({ row, json: fromText }));
   }
 
-  async sealEvents(
-    limit: number,
-    plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
-    options: { evenIfNone?: boolean } = {},
-  ): Promise<number> {
+  async sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan, options: SealOptions = {}): Promise<number> {
     const unsealed = this.#statement(`SELECT * FROM events WHERE seq > ${AFTER_LAST_SEALED} AND position IS NULL ORDER BY seq LIMIT ?`);
     const seal = this.#statement('UPDATE events SET position = ?, hash = ?, detail = ? WHERE seq = ? AND position IS NULL');
-    return this.#transaction(() => {
+    const count = this.#transaction(() => {
       const rows = unsealed.all(limit).map(unsealedFromRow);
       if (rows.length === 0 && !options.evenIfNone) return 0;
       const { sealed, checkpoint } = plan(this.#head(), rows);
@@ -378,6 +379,24 @@ export class SqliteStore implements BrokerStore {
       if (checkpoint) this.#insertCheckpoint(checkpoint);
       return sealed.length;
     });
+    // After the commit: a transaction cannot wait for derive here, and this broker seals alone.
+    if (count > 0 && options.derive) await this.appendEvents(await options.derive(this));
+    return count;
+  }
+
+  async alertHistory(query: AlertHistoryQuery): Promise<PastRecord[]> {
+    const { columns, grantMarks, denied, alerts } = HISTORY_SQL;
+    const rows: Row[] = [];
+    if (query.grantIds.length > 0) {
+      const marks = `SELECT ${columns} FROM events WHERE grant_id IN (SELECT value FROM json_each(?)) AND ${grantMarks} ORDER BY seq`;
+      rows.push(...this.#statement(marks).all(JSON.stringify(query.grantIds)));
+    }
+    const lastDenied = `SELECT ${columns} FROM events WHERE subject = ? AND ${denied} ORDER BY position DESC LIMIT ?`;
+    const lastBurst = `SELECT ${columns} FROM events WHERE subject = ? AND type = 'alert.denied_burst' AND ${alerts} ORDER BY seq DESC LIMIT 1`;
+    for (const { subject, denials } of query.subjects) {
+      rows.push(...this.#statement(lastDenied).all(subject, denials), ...this.#statement(lastBurst).all(subject));
+    }
+    return rows.sort((one, other) => Number(one.seq) - Number(other.seq)).map(pastFromRow);
   }
 
   #insertCheckpoint(checkpoint: Checkpoint): void {

@@ -342,8 +342,70 @@ export type SealPlan = {
   checkpoint: Checkpoint | undefined;
 };
 
+export type SealOptions = {
+  evenIfNone?: boolean;
+  /**
+   * Events that follow from a sealed batch (alerts), asked after the batch is written and before
+   * any replica can seal the next one, with a history that holds the batch; they are appended
+   * with it (PostgreSQL: in its transaction, under the sealing lock). So what one step raises, the
+   * next step's history holds, whichever replica takes it. SQLite has one broker: it asks after
+   * the commit and appends then.
+   */
+  derive?: (history: AlertHistory) => Promise<AuditEvent[]>;
+};
+
 /** The chain's last sealed record and last checkpoint (the sealer's starting point). */
 export type ChainHead = { position: number; hash: string; checkpoint: Checkpoint | undefined };
+
+/**
+ * A record the alert rules look back on (audit/alerts.ts), sealed or not yet (`position` null):
+ * an alert raised by another replica may still wait to be sealed.
+ */
+export type PastRecord = {
+  position: number | null;
+  at: number;
+  action: string;
+  subject: string | null;
+  grantId: string | null;
+  outcome: string;
+  /** JSON text. */
+  detail: string;
+};
+
+/** What alertHistory looks up (audit/alerts.ts). */
+export type AlertHistoryQuery = {
+  /** These grants' request records (grant.requested, grant.issued) and alert.host_mismatch records. */
+  grantIds: readonly string[];
+  /** Each subject's last `denials` sealed denied records, and its latest alert.denied_burst record. */
+  subjects: readonly { subject: string; denials: number }[];
+};
+
+/**
+ * alertHistory's SQL, on migration 11's indexes: a grant's marks by events_grant (grant_id, type);
+ * denials and alerts by the partial events_denied and events_alerts, whose predicates are repeated
+ * verbatim (SQLite uses a partial index only then).
+ */
+export const HISTORY_SQL = {
+  columns: 'seq, position, at, type, subject, grant_id, outcome, detail',
+  grantMarks: "type IN ('grant.requested', 'grant.issued', 'alert.host_mismatch')",
+  denied: "outcome = 'denied' AND position IS NOT NULL",
+  alerts: "outcome = 'alert'",
+} as const;
+
+export function pastFromRow(row: Record<string, unknown>): PastRecord {
+  return {
+    position: nullableNumber(row.position),
+    at: Number(row.at),
+    action: String(row.type),
+    subject: nullableString(row.subject),
+    grantId: nullableString(row.grant_id),
+    outcome: String(row.outcome),
+    detail: String(row.detail),
+  };
+}
+
+/** The store as alert rules read it: inside a seal step, the batch being sealed included. */
+export type AlertHistory = Pick<BrokerStore, 'alertHistory'>;
 
 /** A page of sealed records: filters are ANDed; `action` ending in `.*` matches a prefix. */
 export type AuditQuery = {
@@ -457,11 +519,12 @@ export interface BrokerStore {
    * `evenIfNone`, `plan` is asked with no rows too, so it can sign a checkpoint over a head that
    * quiet has left unsigned.
    */
-  sealEvents(
-    limit: number,
-    plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan,
-    options?: { evenIfNone?: boolean },
-  ): Promise<number | undefined>;
+  sealEvents(limit: number, plan: (head: ChainHead, rows: UnsealedRow[]) => SealPlan, options?: SealOptions): Promise<number | undefined>;
+  /**
+   * The records alert rules look back on (AlertHistoryQuery), sealed or not, in insertion order.
+   * Each part is a short walk of an index, however long the trail or the grant's use.
+   */
+  alertHistory(query: AlertHistoryQuery): Promise<PastRecord[]>;
   chainHead(): Promise<ChainHead>;
   /** Sealed records matching `query`, by position. */
   queryAudit(query: AuditQuery): Promise<AuditRow[]>;
