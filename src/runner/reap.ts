@@ -14,6 +14,14 @@ function outlived(grant: LocalGrant): boolean {
   return typeof end === 'string' && Date.parse(end) < Date.now() - 60_000;
 }
 
+/** Why a grant in the index is a leftover to reap (as `jit doctor` says it), or undefined when it is not one. */
+export function leftoverReason(grant: LocalGrant): string | undefined {
+  if (grant.state === 'revoke-pending') return 'revoke-pending';
+  if (wrapperGone(grant)) return 'its jit run is gone';
+  if (outlived(grant)) return 'ended on the broker';
+  return undefined;
+}
+
 /**
  * Finishes what earlier `jit run`s could not: grants left `revoke-pending` (the broker was down
  * at exit) and grants whose wrapper died without cleaning up (SIGKILL, power loss). Runs at the
@@ -21,7 +29,7 @@ function outlived(grant: LocalGrant): boolean {
  * for next time.
  */
 export async function reapLeftovers(ctx: Context): Promise<void> {
-  const leftovers = ctx.config.grants().filter((grant) => grant.state === 'revoke-pending' || wrapperGone(grant) || outlived(grant));
+  const leftovers = ctx.config.grants().filter((grant) => leftoverReason(grant) !== undefined);
   if (leftovers.length === 0) return;
   const secrets = await ctx.secrets();
   for (const grant of leftovers) {

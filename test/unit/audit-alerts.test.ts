@@ -267,3 +267,18 @@ describe('across replicas: what the store holds from other replicas', () => {
     assert.deepEqual(asked, []);
   });
 });
+
+describe('a sealed batch that rolled back', () => {
+  it('raises its alerts again when sealed again, once forget() dropped what the first try remembered', async () => {
+    const alerts = new Alerts({ deniedBurst: 2, deniedWindowMs: 60_000 });
+    const burst = [refused('user:bo', T0), refused('user:bo', T0 + 1_000)];
+    const issued = row('grant.issued', { grantId: 'g_9', detail: { source: '10.0.0.1' } });
+    const touch = row('data.read', { grantId: 'g_9', detail: { source: '10.0.0.2' } });
+    const batch = [...burst, issued, touch];
+    assert.deepEqual(types(await alerts.inspect(batch, NOW, NO_HISTORY)), ['alert.denied_burst', 'alert.host_mismatch']);
+    // The transaction that held those alerts failed: the store has neither them nor the batch.
+    assert.deepEqual(types(await alerts.inspect(batch, NOW, NO_HISTORY)), [], 'without forget, memory says they were raised');
+    alerts.forget();
+    assert.deepEqual(types(await alerts.inspect(batch, NOW, NO_HISTORY)), ['alert.denied_burst', 'alert.host_mismatch']);
+  });
+});

@@ -11,6 +11,8 @@ export const DEFAULT_ALERT_RULES: AlertRules = { deniedBurst: 5, deniedWindowMs:
 
 /** How many grants' requesting addresses are remembered for the host check. */
 const REMEMBERED_GRANTS = 50_000;
+/** How many denied subjects' recent denials are remembered. */
+const REMEMBERED_SUBJECTS = 50_000;
 
 /** A denied record, by its place in the chain and its time. */
 type Denial = { position: number; at: number };
@@ -52,6 +54,13 @@ export class Alerts {
   constructor(rules: AlertRules = DEFAULT_ALERT_RULES, since = 0) {
     this.#rules = rules;
     this.#since = since - rules.deniedWindowMs;
+  }
+
+  /** Drops what this replica remembers (after a batch that rolled back); the store's history fills it in again. */
+  forget(): void {
+    this.#denials.clear();
+    this.#requestedFrom.clear();
+    this.#mismatched.clear();
   }
 
   /** The alerts a sealed batch raises; `history` is the store's trail, this batch included. */
@@ -148,6 +157,8 @@ export class Alerts {
   #denialState(subject: string): DenialState {
     let state = this.#denials.get(subject);
     if (!state) {
+      // A cache like #requestedFrom: the store's history holds every denied subject's last denials.
+      if (this.#denials.size >= REMEMBERED_SUBJECTS) this.#denials.delete(this.#denials.keys().next().value ?? '');
       state = { denials: [], lastBurst: 0 };
       this.#denials.set(subject, state);
     }

@@ -154,7 +154,15 @@ export class AuditLog {
           raised = alerts.length;
           return alerts;
         };
-        const count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed), { evenIfNone, derive });
+        let count: number | undefined;
+        try {
+          count = await this.#store.sealEvents(SEAL_BATCH, (head, rows) => this.#plan(head, rows, sealed), { evenIfNone, derive });
+        } catch (error) {
+          // A batch rolled back after derive ran: what the alerts remembered of it never happened.
+          // Memory is only a cache of the store's history, which the next batch refills.
+          this.#alerts.forget();
+          throw error;
+        }
         // undefined: another replica is sealing; it will notice these rows.
         if (!count) break;
         total += count;

@@ -161,8 +161,10 @@ export class OidcVerifier {
           if (failure === undefined) throw error;
           const message = `could not get issuer ${issuer.name}'s keys (${failure})`;
           // Only the first failure of an outage is news; the record for it is written by the caller.
+          // Asked now, not before the fetch: exchanges that failed together count one outage.
+          const first = !this.#health.has(issuer.name);
           this.#health.set(issuer.name, { failedUntil: Date.now() + memoryMs, message });
-          throw new KeysUnavailable(message, health === undefined);
+          throw new KeysUnavailable(message, first);
         }
       };
     }

@@ -3,9 +3,10 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { BrokerClient } from '../../client/broker-client.ts';
 import { describeSource, oidcSource } from '../../client/oidc.ts';
-import { releaseOrDefer, wrapperGone } from '../../client/release.ts';
+import { releaseOrDefer } from '../../client/release.ts';
 import type { LocalGrant } from '../../config/local.ts';
 import { JitError } from '../../core/errors.ts';
+import { leftoverReason } from '../../runner/reap.ts';
 import type { SecretStore } from '../../secrets/store.ts';
 import type { CommandDefinition } from '../command.ts';
 import type { Context } from '../context.ts';
@@ -196,10 +197,10 @@ async function grantsCheck(ctx: Context, reap: boolean): Promise<Check> {
 }
 
 function leftoverGrants(ctx: Context): { grant: LocalGrant; why: string }[] {
-  return ctx.config
-    .grants()
-    .map((grant) => ({ grant, why: grant.state === 'revoke-pending' ? 'revoke-pending' : wrapperGone(grant) ? 'its jit run is gone' : '' }))
-    .filter(({ why }) => why !== '');
+  return ctx.config.grants().flatMap((grant) => {
+    const why = leftoverReason(grant);
+    return why === undefined ? [] : [{ grant, why }];
+  });
 }
 
 /** On a terminal (and CI unset), asks whether to revoke the leftovers now; elsewhere doctor only reports them. */

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { UsageError } from '../../../core/errors.ts';
 import type { Scope } from '../../../core/scope.ts';
 import type { BrokerConfig, PostgresResource } from '../../config.ts';
@@ -7,6 +8,9 @@ import { grantIdFromRole, type RoleManager, type RoleSession, roleNameFor, type 
 import { PgRoleManager } from './roles.ts';
 
 type OpenManager = (adminUrl: string, resource: PostgresResource) => Promise<RoleManager>;
+
+/** How long a revocation waits for the last look at the grant's database sessions (SessionObserver). */
+const BEFORE_DROP_LOOK_MS = 1_000;
 
 const openPgManager: OpenManager = (adminUrl, resource) =>
   PgRoleManager.open(adminUrl, {
@@ -101,7 +105,9 @@ export class TableProvider {
 
   /** Drops the grant's role in each resource, its sessions terminated; returns what was done. Throws to be retried. */
   async deprovision(grantId: string, resources: readonly string[]): Promise<string[]> {
-    if (resources.length > 0) await this.#beforeDrop?.().catch(() => undefined);
+    // The last look at sessions is worth a moment, never the revocation: a slow database waits no longer.
+    const look = resources.length > 0 ? this.#beforeDrop?.().catch(() => undefined) : undefined;
+    if (look) await Promise.race([look, sleep(BEFORE_DROP_LOOK_MS, undefined, { ref: false })]);
     const actions: string[] = [];
     for (const name of resources) actions.push(...(await (await this.#manager(name)).drop(grantId)));
     return actions;
